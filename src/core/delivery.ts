@@ -1,0 +1,156 @@
+// Where a routed event goes and what becomes of it: handed to sessions (with
+// `s` and a replay-buffer entry), held for a recipient that is not there yet,
+// or reported to its sender as NERVE_UNDELIVERABLE. No directed event (mode
+// one or client_id) ever disappears without one of these outcomes.
+
+import type { Output } from './io.ts';
+import { ACK_EVENT, Op, UNDELIVERABLE_EVENT } from './protocol.ts';
+import { pickRendezvous, pickRoundRobin } from './select.ts';
+import { forgetAppIfEmpty, getApp, sessionKey, type AppState, type Routed, type Session, type State } from './state.ts';
+import { send, sendRouted } from './wire.ts';
+
+export function matches(session: Session, msg: Routed): boolean {
+  return msg.test === undefined || msg.test(session.metadata);
+}
+
+/** Gives the event the session's next `s`, buffers it for replay, and writes it if connected. */
+export function deliver(state: State, out: Output[], session: Session, msg: Routed, directed: boolean): void {
+  const s = ++session.seq;
+  const written = session.conn !== null;
+  session.replay.push({ s, msg, written, directed });
+  session.replayBytes += msg.bytes;
+  state.counters.deliveries++;
+  if (written) sendRouted(state, out, session.conn!, msg, s);
+  const { replayMaxCount, replayMaxBytes } = state.config;
+  while (session.replay.length > replayMaxCount || (session.replayBytes > replayMaxBytes && session.replay.length > 1)) {
+    const evicted = session.replay.shift()!;
+    session.replayBytes -= evicted.msg.bytes;
+    if (evicted.directed && !evicted.written) {
+      undeliverable(state, out, evicted.msg, `replay buffer of ${session.clientId} overflowed before it reconnected`);
+    }
+  }
+}
+
+/** Tells the sender, if it is still connected, that its event reached no one. */
+export function undeliverable(state: State, out: Output[], msg: Routed, reason: string): void {
+  state.counters.undeliverable++;
+  const sender = msg.senderKey === undefined ? undefined : state.sessions.get(msg.senderKey);
+  if (!sender?.conn) return;
+  const frame: Record<string, unknown> = { op: Op.DISPATCH, e: UNDELIVERABLE_EVENT, d: { reason, e: msg.e } };
+  if (msg.nonce !== undefined) frame.nonce = msg.nonce;
+  send(state, out, sender.conn, frame);
+}
+
+export function acknowledge(state: State, out: Output[], senderKey: string, nonce: string, delivered: number, queued: number): void {
+  const conn = state.sessions.get(senderKey)?.conn;
+  if (conn) send(state, out, conn, { op: Op.DISPATCH, e: ACK_EVENT, nonce, d: { delivered, queued } });
+}
+
+/** Holds a directed event for its app until a match appears or the TTL ends. Returns whether it was held. */
+export function hold(state: State, out: Output[], msg: Routed, now: number): boolean {
+  const app = getApp(state, msg.target.app_name);
+  const { queueMaxCount, queueMaxBytes, queueTtl } = state.config;
+  if (app.held.length >= queueMaxCount || app.heldBytes + msg.bytes > queueMaxBytes) {
+    undeliverable(state, out, msg, `queue for app ${app.name} is full`);
+    forgetAppIfEmpty(state, app);
+    return false;
+  }
+  const expiresAt = now + queueTtl;
+  app.held.push({ msg, expiresAt, done: false });
+  app.heldBytes += msg.bytes;
+  state.counters.queued++;
+  if (app.heldTimerAt > expiresAt) {
+    app.heldTimerAt = expiresAt;
+    state.timers.push(expiresAt, { kind: 'app', app });
+  }
+  return true;
+}
+
+function describeTarget(msg: Routed): string {
+  const who = msg.target.client_id === undefined ? `app ${msg.target.app_name}` : `${msg.target.app_name}/${msg.target.client_id}`;
+  return msg.test === undefined ? `no connected client of ${who}` : `no connected client of ${who} matched the query`;
+}
+
+/** Ends held events whose TTL is over, and re-files the app's timer for the next one. */
+export function expireHeld(state: State, out: Output[], app: AppState, now: number): void {
+  app.heldTimerAt = Infinity;
+  let expired = 0;
+  while (expired < app.held.length && app.held[expired]!.expiresAt <= now) expired++;
+  const gone = app.held.splice(0, expired);
+  for (const held of gone) {
+    if (held.done) continue;
+    app.heldBytes -= held.msg.bytes;
+    undeliverable(state, out, held.msg, `${describeTarget(held.msg)} within ${state.config.queueTtl} ms`);
+  }
+  const next = app.held[0];
+  if (next) {
+    app.heldTimerAt = next.expiresAt;
+    state.timers.push(next.expiresAt, { kind: 'app', app });
+  } else forgetAppIfEmpty(state, app);
+}
+
+/** Hands the app's held events that this session now matches to it, in order. */
+export function deliverHeld(state: State, out: Output[], session: Session): void {
+  const app = session.app;
+  if (app.held.length === 0 || session.conn === null) return;
+  let delivered = 0;
+  for (const held of app.held) {
+    const msg = held.msg;
+    if (held.done) continue;
+    if (msg.target.client_id !== undefined ? msg.target.client_id !== session.clientId : msg.senderKey === session.key) continue;
+    if (!matches(session, msg)) continue;
+    held.done = true;
+    app.heldBytes -= msg.bytes;
+    delivered++;
+    deliver(state, out, session, msg, true);
+  }
+  if (delivered > 0) app.held = app.held.filter((held) => !held.done);
+}
+
+/**
+ * Routes one accepted dispatch. Mode one and client_id deliver to exactly one
+ * session or hold; mode all reaches every matching session (resumable ones
+ * buffer it) and is pub/sub when nothing matches.
+ */
+export function route(state: State, out: Output[], msg: Routed, now: number): { delivered: number; queued: number } {
+  state.counters.dispatches++;
+  const target = msg.target;
+  if (target.client_id !== undefined) {
+    const session = state.sessions.get(sessionKey(target.app_name, target.client_id));
+    if (session && matches(session, msg)) {
+      deliver(state, out, session, msg, true);
+      return { delivered: 1, queued: 0 };
+    }
+    return { delivered: 0, queued: hold(state, out, msg, now) ? 1 : 0 };
+  }
+  const app = state.apps.get(target.app_name);
+  if (target.mode === 'all') {
+    if (!app) return { delivered: 0, queued: 0 };
+    let delivered = 0;
+    for (const session of app.sessions) {
+      if (session.key === msg.senderKey || !matches(session, msg)) continue;
+      deliver(state, out, session, msg, false);
+      delivered++;
+    }
+    return { delivered, queued: 0 };
+  }
+  const eligible = (session: Session) => session.conn !== null && session.key !== msg.senderKey && matches(session, msg);
+  const picked = app && (target.key === undefined ? pickRoundRobin(app, eligible) : pickRendezvous(app, target.key, eligible));
+  if (picked) {
+    deliver(state, out, picked, msg, true);
+    return { delivered: 1, queued: 0 };
+  }
+  return { delivered: 0, queued: hold(state, out, msg, now) ? 1 : 0 };
+}
+
+/**
+ * A session that ends without being resumed gives back the directed events it
+ * was handed but never written, with their original sender and a fresh TTL.
+ */
+export function requeueUnwritten(state: State, out: Output[], session: Session, now: number): void {
+  for (const entry of session.replay) {
+    if (entry.directed && !entry.written) hold(state, out, entry.msg, now);
+  }
+  session.replay = [];
+  session.replayBytes = 0;
+}

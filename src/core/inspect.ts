@@ -1,0 +1,49 @@
+// Read-only views of the state for /health, /metrics and /clients.
+
+import type { Counters, State } from './state.ts';
+
+export interface ClientInfo {
+  app_name: string;
+  client_id: string;
+  metadata: Record<string, unknown>;
+  /** ms since the epoch when the current (or last) connection identified. */
+  connected_at: number;
+  /** false while the session waits in its resume window. */
+  connected: boolean;
+}
+
+export function listClients(state: State, appName?: string): ClientInfo[] {
+  const apps = appName === undefined ? [...state.apps.values()] : [state.apps.get(appName)].filter((app) => app !== undefined);
+  const list: ClientInfo[] = [];
+  for (const app of apps) {
+    for (const session of app.sessions) {
+      list.push({
+        app_name: app.name,
+        client_id: session.clientId,
+        metadata: { ...session.metadata },
+        connected_at: session.connectedAt,
+        connected: session.conn !== null,
+      });
+    }
+  }
+  return list;
+}
+
+export interface Stats extends Counters {
+  connections: number;
+  clients: number;
+  resumable: number;
+  held: number;
+}
+
+export function stats(state: State): Stats {
+  let held = 0;
+  for (const app of state.apps.values()) held += app.held.length;
+  return {
+    ...state.counters,
+    connections: state.conns.size,
+    clients: state.connectedClients,
+    resumable: state.sessions.size - state.connectedClients,
+    held,
+  };
+}

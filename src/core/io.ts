@@ -1,0 +1,71 @@
+// What goes into `step` and what comes out: plain tagged data, never closures,
+// so tests compare them with toEqual and any host can execute them.
+
+import type { CloseCode, Target, Wire } from './protocol.ts';
+
+/** Connections are named by the host; the core only compares them. */
+export type ConnId = number;
+
+export type Input =
+  /** A WebSocket was accepted; the core answers with HELLO. */
+  | { type: 'open'; now: number; conn: ConnId; wire: Wire }
+  /** One inbound frame, exactly as received (text → string, binary → bytes). */
+  | { type: 'message'; now: number; conn: ConnId; data: string | Uint8Array }
+  /** The transport closed (by the peer, or after a close output). `code` is what the peer sent, if anything. */
+  | { type: 'close'; now: number; conn: ConnId; code?: number }
+  /** The host's one timer fired: deadlines at or before `now` are handled. */
+  | { type: 'tick'; now: number }
+  /** A dispatch from outside the WebSocket world (HTTP `POST /dispatch`). */
+  | { type: 'dispatch'; now: number; request: number; body: unknown }
+  /** Stop accepting work: GO_AWAY to everyone, close 1001. */
+  | { type: 'shutdown'; now: number };
+
+export type Output =
+  | { type: 'send'; conn: ConnId; data: string | Uint8Array }
+  | { type: 'close'; conn: ConnId; code: CloseCode; reason: string }
+  | { type: 'log'; level: 'info' | 'warn' | 'error'; msg: string; fields?: Record<string, unknown> }
+  /** The answer to a `dispatch` input. */
+  | { type: 'dispatched'; request: number; delivered: number; queued: number }
+  | { type: 'rejected'; request: number; status: 400 | 503; error: string };
+
+export interface Limits {
+  /** ms between heartbeats, announced in HELLO. */
+  heartbeatInterval: number;
+  /** bytes per inbound frame (received, and again inflated). */
+  maxPayload: number;
+  /** bytes of a client's metadata as JSON. */
+  maxMetadata: number;
+  /** ms a held dispatch waits for a recipient. */
+  queueTtl: number;
+  /** held dispatches per app, and their bytes. */
+  queueMaxCount: number;
+  queueMaxBytes: number;
+  /** ms a dropped session can be resumed. */
+  resumeWindow: number;
+  /** dispatches kept per session for replay, and their bytes. */
+  replayMaxCount: number;
+  replayMaxBytes: number;
+  /** inbound frames per second per connection; 0 = off. Burst is two seconds' worth. */
+  rateLimit: number;
+}
+
+export interface CoreConfig extends Limits {
+  /** `nerve-` + 6 hex characters, chosen by the host. */
+  worker: string;
+  password: string;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  heartbeatInterval: 45_000,
+  maxPayload: 1_048_576,
+  maxMetadata: 65_536,
+  queueTtl: 30_000,
+  queueMaxCount: 10_000,
+  queueMaxBytes: 16 * 1_048_576,
+  resumeWindow: 30_000,
+  replayMaxCount: 1_000,
+  replayMaxBytes: 4 * 1_048_576,
+  rateLimit: 0,
+};
+
+export type { Target, Wire };

@@ -1,0 +1,152 @@
+// The hub's whole state: connections, sessions indexed by app and by
+// (app_name, client_id), held queues, and the deadline heap. Only `step`
+// changes it.
+
+import type { ConnId, CoreConfig } from './io.ts';
+import type { Sender, Target, Wire } from './protocol.ts';
+import type { MetadataTest } from './query.ts';
+import { TimerHeap } from './timers.ts';
+
+/** One routed event, shared by every recipient of a fan-out. */
+export interface Routed {
+  e: string;
+  d: unknown;
+  from: Sender;
+  /** The sender's session key, to report NERVE_UNDELIVERABLE; absent for HTTP. */
+  senderKey?: string;
+  nonce?: string;
+  target: Target;
+  test?: MetadataTest;
+  /** `{"op":8,…` without `s` and the closing brace: spliced per recipient. */
+  jsonHead: string;
+  /** The same frame in msgpack, built on first use. */
+  packHead?: Uint8Array;
+  /** Approximate bytes, for the queue and replay bounds. */
+  bytes: number;
+}
+
+export interface ReplayEntry {
+  s: number;
+  msg: Routed;
+  /** Handed to an open socket (not proof of receipt, but no longer owed). */
+  written: boolean;
+  /** Mode one or client_id: owed to exactly one recipient, never dropped silently. */
+  directed: boolean;
+}
+
+export interface Session {
+  key: string;
+  app: AppState;
+  clientId: string;
+  /** Null-prototype object, so a `__proto__` key is just a key. */
+  metadata: Record<string, unknown>;
+  /** JSON size of each metadata entry, so the total is kept without re-serializing. */
+  metadataSizes: Map<string, number>;
+  metadataBytes: number;
+  conn: Conn | null;
+  /** Position in identify order, for round robin. */
+  ordinal: number;
+  connectedAt: number;
+  /** Last `s` handed out. */
+  seq: number;
+  replay: ReplayEntry[];
+  replayBytes: number;
+  /** When a disconnected session stops being resumable. */
+  expiresAt: number;
+}
+
+export interface Held {
+  msg: Routed;
+  expiresAt: number;
+  done: boolean;
+}
+
+export interface AppState {
+  name: string;
+  /** Sessions of this app in identify order (connected or resumable). */
+  sessions: Session[];
+  /** Ordinal of the last mode-one pick. */
+  cursor: number;
+  held: Held[];
+  heldBytes: number;
+  /** When the pending timer entry for the head of `held` fires; Infinity if none. */
+  heldTimerAt: number;
+}
+
+export interface Conn {
+  id: ConnId;
+  wire: Wire;
+  /** JSON without compression: heartbeats take the constant fast path. */
+  plain: boolean;
+  openedAt: number;
+  lastHeartbeat: number;
+  session: Session | null;
+  /** An error or GO_AWAY close was sent; further frames are ignored. */
+  closing: boolean;
+  tokens: number;
+  tokensAt: number;
+  /** When the pending timer entry for this connection fires. */
+  timerAt: number;
+}
+
+export type TimerRef = { kind: 'conn'; conn: Conn } | { kind: 'session'; session: Session } | { kind: 'app'; app: AppState };
+
+export interface Counters {
+  framesIn: number;
+  framesOut: number;
+  dispatches: number;
+  deliveries: number;
+  queued: number;
+  undeliverable: number;
+  errors: Record<number, number>;
+}
+
+export interface State {
+  config: CoreConfig;
+  conns: Map<ConnId, Conn>;
+  sessions: Map<string, Session>;
+  apps: Map<string, AppState>;
+  timers: TimerHeap<TimerRef>;
+  nextOrdinal: number;
+  /** Sessions with an open connection. */
+  connectedClients: number;
+  draining: boolean;
+  counters: Counters;
+}
+
+export function createState(config: CoreConfig): State {
+  return {
+    config,
+    conns: new Map(),
+    sessions: new Map(),
+    apps: new Map(),
+    timers: new TimerHeap(),
+    nextOrdinal: 1,
+    connectedClients: 0,
+    draining: false,
+    counters: { framesIn: 0, framesOut: 0, dispatches: 0, deliveries: 0, queued: 0, undeliverable: 0, errors: {} },
+  };
+}
+
+export function sessionKey(appName: string, clientId: string): string {
+  return `${appName}\u0000${clientId}`;
+}
+
+export function getApp(state: State, name: string): AppState {
+  let app = state.apps.get(name);
+  if (!app) {
+    app = { name, sessions: [], cursor: 0, held: [], heldBytes: 0, heldTimerAt: Infinity };
+    state.apps.set(name, app);
+  }
+  return app;
+}
+
+/** Apps exist only while they have sessions or held messages. */
+export function forgetAppIfEmpty(state: State, app: AppState): void {
+  if (app.sessions.length === 0 && app.held.length === 0) state.apps.delete(app.name);
+}
+
+/** The earliest time the host must feed a `tick`, if any. */
+export function nextDeadline(state: State): number | undefined {
+  return state.timers.peek();
+}

@@ -1,0 +1,413 @@
+// The protocol as one pure function: step(state, input) → [state, outputs].
+// No I/O, no clock, no randomness: time arrives on each input, ids come from
+// the host. For speed the state is updated in place; the returned state is the
+// same object.
+//
+// Rules, in the order a frame meets them (docs/protocol.md has the prose):
+//   1. frames from a connection we are closing are ignored;
+//   2. size over the limit → 4413; over the rate limit → 4429;
+//   3. undecodable, not an object, bad or unknown op, a server-only op → 4400;
+//   4. anything but HEARTBEAT/IDENTIFY before WELCOME, a second IDENTIFY → 4403;
+//   5. the op's own fields → 4400 (wrong password 4401, taken 4409, metadata too large 4413).
+// A timed-out (4408) or dropped session stays resumable; any other error close,
+// a client's own 1000/1001 close, or GO_AWAY ends it.
+
+import { DecodeError, decodeFrame, frameSize } from './codec.ts';
+import {
+  acknowledge,
+  deliverHeld,
+  expireHeld,
+  requeueUnwritten,
+  route,
+  undeliverable,
+} from './delivery.ts';
+import type { ConnId, Input, Output } from './io.ts';
+import { emptyMetadata, mergeMetadata } from './metadata.ts';
+import {
+  Close,
+  GO_AWAY_TEXT,
+  HEARTBEAT_FRAME,
+  HTTP_SENDER_APP,
+  Op,
+  TAKEN_OVER_TEXT,
+  WELCOME_TEXT,
+  type CloseCode,
+  type Wire,
+} from './protocol.ts';
+import { compileQuery, QueryError, type MetadataTest } from './query.ts';
+import { DispatchSchema, IdentifySchema, isPlainObject, validate, type Dispatch } from './schemas.ts';
+import { forgetAppIfEmpty, getApp, sessionKey, type Conn, type Session, type State } from './state.ts';
+import { closeConn, createRouted, fail, send, sendHeartbeatAck, sendRouted } from './wire.ts';
+
+const SERVER_OPS: Record<number, string> = { 0: 'HELLO', 2: 'WELCOME', 4: 'HEARTBEAT_ACK', 5: 'GO_AWAY', 6: 'NO_U_TBH' };
+
+export function step(state: State, input: Input): [State, Output[]] {
+  const out: Output[] = [];
+  switch (input.type) {
+    case 'open':
+      open(state, out, input.conn, input.wire, input.now);
+      break;
+    case 'message': {
+      const conn = state.conns.get(input.conn);
+      if (conn && !conn.closing) {
+        try {
+          message(state, out, conn, input.data, input.now);
+        } catch (error) {
+          // A bug of ours, not the peer's fault: report it, keep the connection.
+          out.push({ type: 'log', level: 'error', msg: 'internal error handling a frame', fields: describeError(error, conn) });
+        }
+      }
+      break;
+    }
+    case 'close':
+      transportClosed(state, out, input.conn, input.code, input.now);
+      break;
+    case 'tick':
+      tick(state, out, input.now);
+      break;
+    case 'dispatch':
+      httpDispatch(state, out, input.request, input.body, input.now);
+      break;
+    case 'shutdown':
+      shutdown(state, out);
+      break;
+  }
+  return [state, out];
+}
+
+function describeError(error: unknown, conn: Conn): Record<string, unknown> {
+  return { conn: conn.id, error: error instanceof Error ? (error.stack ?? error.message) : String(error) };
+}
+
+// ── connections ────────────────────────────────────────────────────────────
+
+function open(state: State, out: Output[], id: ConnId, wire: Wire, now: number): void {
+  const conn: Conn = {
+    id,
+    wire,
+    plain: wire.format === 'json' && wire.compression === 'none',
+    openedAt: now,
+    lastHeartbeat: now,
+    session: null,
+    closing: false,
+    tokens: state.config.rateLimit * 2,
+    tokensAt: now,
+    timerAt: 0,
+  };
+  state.conns.set(id, conn);
+  if (state.draining) {
+    send(state, out, conn, { op: Op.GO_AWAY, d: GO_AWAY_TEXT });
+    closeConn(state, out, conn, Close.GOING_AWAY, GO_AWAY_TEXT);
+    return;
+  }
+  send(state, out, conn, { op: Op.HELLO, d: { heartbeat_interval: state.config.heartbeatInterval, worker: state.config.worker } });
+  armConn(state, conn);
+}
+
+/** Before IDENTIFY the deadline is the identify timeout; after, 1.5 heartbeat intervals past the last one. */
+function connDeadline(state: State, conn: Conn): number {
+  const interval = state.config.heartbeatInterval;
+  return conn.session ? conn.lastHeartbeat + interval * 1.5 : conn.openedAt + interval;
+}
+
+function armConn(state: State, conn: Conn): void {
+  conn.timerAt = connDeadline(state, conn);
+  state.timers.push(conn.timerAt, { kind: 'conn', conn });
+}
+
+/** Closes on a protocol error; the session ends unless the error was a timeout. */
+function reject(state: State, out: Output[], conn: Conn, code: CloseCode, reason: string, now: number): void {
+  fail(state, out, conn, code, reason);
+  const session = conn.session;
+  if (!session) return;
+  detach(state, conn, session);
+  if (code === Close.TIMEOUT) keepResumable(state, out, session, now);
+  else endSession(state, out, session, now);
+}
+
+function detach(state: State, conn: Conn, session: Session): void {
+  conn.session = null;
+  session.conn = null;
+  state.connectedClients--;
+}
+
+function transportClosed(state: State, out: Output[], id: ConnId, code: number | undefined, now: number): void {
+  const conn = state.conns.get(id);
+  if (!conn) return;
+  state.conns.delete(id);
+  const session = conn.session;
+  if (!session) return;
+  detach(state, conn, session);
+  // A client that closes with 1000 or 1001 is saying goodbye, as on Discord's gateway.
+  if (code === 1000 || code === 1001) endSession(state, out, session, now);
+  else keepResumable(state, out, session, now);
+}
+
+// ── frames ─────────────────────────────────────────────────────────────────
+
+function allowFrame(state: State, conn: Conn, now: number): boolean {
+  const rate = state.config.rateLimit;
+  if (rate <= 0) return true;
+  conn.tokens = Math.min(rate * 2, conn.tokens + ((now - conn.tokensAt) * rate) / 1000);
+  conn.tokensAt = now;
+  if (conn.tokens < 1) return false;
+  conn.tokens -= 1;
+  return true;
+}
+
+function message(state: State, out: Output[], conn: Conn, data: string | Uint8Array, now: number): void {
+  state.counters.framesIn++;
+  const { maxPayload, rateLimit } = state.config;
+  if (!allowFrame(state, conn, now)) {
+    return reject(state, out, conn, Close.RATE_LIMITED, `rate limit exceeded: more than ${rateLimit} frames per second`, now);
+  }
+  if (conn.plain && data === HEARTBEAT_FRAME) return heartbeat(state, out, conn, now);
+  const size = frameSize(data, maxPayload);
+  if (size > maxPayload) {
+    return reject(state, out, conn, Close.TOO_LARGE, `frame of ${size} bytes exceeds the limit of ${maxPayload} bytes`, now);
+  }
+  let frame: unknown;
+  try {
+    frame = decodeFrame(data, conn.wire, maxPayload);
+  } catch (error) {
+    if (!(error instanceof DecodeError)) throw error;
+    return reject(state, out, conn, error.tooLarge ? Close.TOO_LARGE : Close.BAD_FRAME, error.message, now);
+  }
+  if (!isPlainObject(frame)) return reject(state, out, conn, Close.BAD_FRAME, 'frame must be an object', now);
+  const op = frame.op;
+  if (typeof op !== 'number' || !Number.isInteger(op)) {
+    return reject(state, out, conn, Close.BAD_FRAME, 'frame must have an integer op', now);
+  }
+  switch (op) {
+    case Op.HEARTBEAT:
+      return heartbeat(state, out, conn, now);
+    case Op.IDENTIFY:
+      if (conn.session) return reject(state, out, conn, Close.FORBIDDEN, 'IDENTIFY: already identified', now);
+      return identify(state, out, conn, frame.d, now);
+    case Op.ABOUT_ME:
+      if (!conn.session) return reject(state, out, conn, Close.FORBIDDEN, 'ABOUT_ME before IDENTIFY', now);
+      return aboutMe(state, out, conn, conn.session, frame.d, now);
+    case Op.DISPATCH:
+      if (!conn.session) return reject(state, out, conn, Close.FORBIDDEN, 'DISPATCH before IDENTIFY', now);
+      return dispatch(state, out, conn, conn.session, frame, now);
+    default: {
+      const serverOp = SERVER_OPS[op];
+      const reason = serverOp ? `op ${op} (${serverOp}) is sent by the server only` : `unknown op ${op}`;
+      return reject(state, out, conn, Close.BAD_FRAME, reason, now);
+    }
+  }
+}
+
+function heartbeat(state: State, out: Output[], conn: Conn, now: number): void {
+  conn.lastHeartbeat = now;
+  sendHeartbeatAck(state, out, conn);
+}
+
+// ── sessions ───────────────────────────────────────────────────────────────
+
+function constantTimeEquals(a: string, b: string): boolean {
+  let diff = a.length ^ b.length;
+  for (let i = 0; i < b.length; i++) diff |= (a.charCodeAt(i % Math.max(a.length, 1)) || 0) ^ b.charCodeAt(i);
+  return diff === 0;
+}
+
+function identify(state: State, out: Output[], conn: Conn, payload: unknown, now: number): void {
+  const parsed = validate(IdentifySchema, payload);
+  if (!parsed.ok) return reject(state, out, conn, Close.BAD_FRAME, `IDENTIFY: ${parsed.error}`, now);
+  const d = parsed.value;
+  if (!constantTimeEquals(d.password, state.config.password)) {
+    return reject(state, out, conn, Close.BAD_PASSWORD, 'IDENTIFY: wrong password', now);
+  }
+  const key = sessionKey(d.app_name, d.client_id);
+  const existing = state.sessions.get(key);
+  if (existing?.conn && !d.reconnect) {
+    return reject(state, out, conn, Close.CONFLICT, `IDENTIFY: ${d.app_name}/${d.client_id} is already connected`, now);
+  }
+  const resuming = existing !== undefined && d.reconnect === true;
+  const metadata = resuming ? existing : emptyMetadata();
+  const tooLarge = d.metadata ? mergeMetadata(metadata, d.metadata, state.config.maxMetadata) : undefined;
+  if (tooLarge !== undefined) {
+    return reject(state, out, conn, Close.TOO_LARGE, metadataTooLarge('IDENTIFY', tooLarge, state.config.maxMetadata), now);
+  }
+
+  let session: Session;
+  if (resuming) {
+    session = existing;
+    if (session.conn) {
+      const old = session.conn;
+      detach(state, old, session);
+      fail(state, out, old, Close.CONFLICT, TAKEN_OVER_TEXT);
+    }
+  } else {
+    if (existing) endSession(state, out, existing, now);
+    const app = getApp(state, d.app_name);
+    session = {
+      key,
+      app,
+      clientId: d.client_id,
+      ...metadata,
+      conn: null,
+      ordinal: state.nextOrdinal++,
+      connectedAt: now,
+      seq: 0,
+      replay: [],
+      replayBytes: 0,
+      expiresAt: 0,
+    };
+    state.sessions.set(key, session);
+    app.sessions.push(session);
+  }
+  session.conn = conn;
+  session.connectedAt = now;
+  conn.session = session;
+  state.connectedClients++;
+  send(state, out, conn, { op: Op.WELCOME, d: WELCOME_TEXT });
+  out.push({
+    type: 'log',
+    level: 'info',
+    msg: resuming ? 'resumed' : 'identified',
+    fields: { conn: conn.id, app_name: d.app_name, client_id: d.client_id },
+  });
+  if (resuming) replay(state, out, conn, session, d.seq);
+  deliverHeld(state, out, session);
+}
+
+/** Resends the buffered dispatches after `seq` (all of them without one), with their original `s`. */
+function replay(state: State, out: Output[], conn: Conn, session: Session, seq: number | undefined): void {
+  const after = seq ?? 0;
+  for (const entry of session.replay) {
+    if (entry.s <= after) continue;
+    entry.written = true;
+    sendRouted(state, out, conn, entry.msg, entry.s);
+  }
+}
+
+function keepResumable(state: State, out: Output[], session: Session, now: number): void {
+  if (state.draining || state.config.resumeWindow <= 0) return endSession(state, out, session, now);
+  session.expiresAt = now + state.config.resumeWindow;
+  state.timers.push(session.expiresAt, { kind: 'session', session });
+}
+
+function endSession(state: State, out: Output[], session: Session, now: number): void {
+  if (state.sessions.get(session.key) !== session) return;
+  state.sessions.delete(session.key);
+  const app = session.app;
+  const index = app.sessions.indexOf(session);
+  if (index >= 0) app.sessions.splice(index, 1);
+  if (state.draining) {
+    for (const entry of session.replay) {
+      if (entry.directed && !entry.written) undeliverable(state, out, entry.msg, 'server is shutting down');
+    }
+  } else requeueUnwritten(state, out, session, now);
+  forgetAppIfEmpty(state, app);
+}
+
+function metadataTooLarge(op: string, bytes: number, limit: number): string {
+  return `${op}: metadata would be ${bytes} bytes, over the limit of ${limit}`;
+}
+
+function aboutMe(state: State, out: Output[], conn: Conn, session: Session, payload: unknown, now: number): void {
+  if (!isPlainObject(payload)) return reject(state, out, conn, Close.BAD_FRAME, 'ABOUT_ME: d must be an object', now);
+  const tooLarge = mergeMetadata(session, payload, state.config.maxMetadata);
+  if (tooLarge !== undefined) {
+    return reject(state, out, conn, Close.TOO_LARGE, metadataTooLarge('ABOUT_ME', tooLarge, state.config.maxMetadata), now);
+  }
+  deliverHeld(state, out, session);
+}
+
+// ── dispatch ───────────────────────────────────────────────────────────────
+
+/** Validates a dispatch body and compiles its query; the error text names the field. */
+function parseDispatch(body: unknown): { ok: true; value: Dispatch; test?: MetadataTest } | { ok: false; error: string } {
+  const parsed = validate(DispatchSchema, body);
+  if (!parsed.ok) return parsed;
+  const query = parsed.value.to.query;
+  if (query === undefined) return parsed;
+  try {
+    return { ok: true, value: parsed.value, test: compileQuery(query) };
+  } catch (error) {
+    if (!(error instanceof QueryError)) throw error;
+    return { ok: false, error: `to.query: ${error.message}` };
+  }
+}
+
+function dispatch(state: State, out: Output[], conn: Conn, session: Session, frame: unknown, now: number): void {
+  const parsed = parseDispatch(frame);
+  if (!parsed.ok) return reject(state, out, conn, Close.BAD_FRAME, `DISPATCH: ${parsed.error}`, now);
+  const { e, d, to, nonce } = parsed.value;
+  const from = { app_name: session.app.name, client_id: session.clientId };
+  const msg = createRouted(e, d ?? null, from, session.key, nonce, to, parsed.test);
+  const result = route(state, out, msg, now);
+  if (nonce !== undefined) acknowledge(state, out, session.key, nonce, result.delivered, result.queued);
+}
+
+function httpDispatch(state: State, out: Output[], request: number, body: unknown, now: number): void {
+  if (state.draining) {
+    out.push({ type: 'rejected', request, status: 503, error: 'server is shutting down' });
+    return;
+  }
+  const parsed = parseDispatch(body);
+  if (!parsed.ok) {
+    out.push({ type: 'rejected', request, status: 400, error: parsed.error });
+    return;
+  }
+  const { e, d, to, nonce } = parsed.value;
+  const msg = createRouted(e, d ?? null, { app_name: HTTP_SENDER_APP }, undefined, nonce, to, parsed.test);
+  const result = route(state, out, msg, now);
+  out.push({ type: 'dispatched', request, ...result });
+}
+
+// ── time and shutdown ──────────────────────────────────────────────────────
+
+function tick(state: State, out: Output[], now: number): void {
+  for (let entry = state.timers.popDue(now); entry; entry = state.timers.popDue(now)) {
+    const ref = entry.ref;
+    if (ref.kind === 'conn') {
+      const conn = ref.conn;
+      if (state.conns.get(conn.id) !== conn || conn.closing || entry.at !== conn.timerAt) continue;
+      const deadline = connDeadline(state, conn);
+      if (now < deadline) {
+        conn.timerAt = deadline;
+        state.timers.push(deadline, ref);
+      } else if (conn.session) {
+        const limit = state.config.heartbeatInterval * 1.5;
+        reject(state, out, conn, Close.TIMEOUT, `heartbeat timeout: no HEARTBEAT within ${limit} ms`, now);
+      } else {
+        const limit = state.config.heartbeatInterval;
+        reject(state, out, conn, Close.TIMEOUT, `identify timeout: no IDENTIFY within ${limit} ms`, now);
+      }
+    } else if (ref.kind === 'session') {
+      const session = ref.session;
+      if (session.conn === null && entry.at === session.expiresAt) endSession(state, out, session, now);
+    } else if (state.apps.get(ref.app.name) === ref.app && entry.at === ref.app.heldTimerAt) {
+      expireHeld(state, out, ref.app, now);
+    }
+  }
+}
+
+function shutdown(state: State, out: Output[]): void {
+  if (state.draining) return;
+  state.draining = true;
+  // Held events will never find a recipient on this instance: tell their senders first.
+  for (const app of state.apps.values()) {
+    for (const held of app.held) if (!held.done) undeliverable(state, out, held.msg, 'server is shutting down');
+    app.held = [];
+    app.heldBytes = 0;
+  }
+  for (const session of state.sessions.values()) {
+    for (const entry of session.replay) {
+      if (entry.directed && !entry.written) undeliverable(state, out, entry.msg, 'server is shutting down');
+    }
+    session.replay = [];
+  }
+  for (const conn of state.conns.values()) {
+    if (conn.closing) continue;
+    send(state, out, conn, { op: Op.GO_AWAY, d: GO_AWAY_TEXT });
+    closeConn(state, out, conn, Close.GOING_AWAY, GO_AWAY_TEXT);
+    if (conn.session) detach(state, conn, conn.session);
+  }
+  state.sessions.clear();
+  state.apps.clear();
+  out.push({ type: 'log', level: 'info', msg: 'shutting down', fields: { connections: state.conns.size } });
+}
+
