@@ -37,7 +37,8 @@ function toBytes(data: unknown): Uint8Array {
 }
 
 export function createCodec(format: Format, compression: Compression): Codec {
-  const packr = format === 'msgpack' ? new Packr({ useRecords: false }) : undefined;
+  // Plain msgpack maps, no msgpackr record extension: the same settings as the server.
+  const packr = format === 'msgpack' ? new Packr({ useRecords: false, mapsAsObjects: true }) : undefined;
   const zlib = compression === 'zlib';
 
   const serialize = (frame: Frame): string | Uint8Array => {
