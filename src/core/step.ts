@@ -34,6 +34,7 @@ import {
   type CloseCode,
   type Wire,
 } from './protocol.ts';
+import { passwordMatches } from './password.ts';
 import { compileQuery, QueryError, type MetadataTest } from './query.ts';
 import { DispatchSchema, IdentifySchema, isPlainObject, validate, type Dispatch } from './schemas.ts';
 import { forgetAppIfEmpty, getApp, sessionKey, type Conn, type Session, type State } from './state.ts';
@@ -205,17 +206,11 @@ function heartbeat(state: State, out: Output[], conn: Conn, now: number): void {
 
 // ── sessions ───────────────────────────────────────────────────────────────
 
-function constantTimeEquals(a: string, b: string): boolean {
-  let diff = a.length ^ b.length;
-  for (let i = 0; i < b.length; i++) diff |= (a.charCodeAt(i % Math.max(a.length, 1)) || 0) ^ b.charCodeAt(i);
-  return diff === 0;
-}
-
 function identify(state: State, out: Output[], conn: Conn, payload: unknown, now: number): void {
   const parsed = validate(IdentifySchema, payload);
   if (!parsed.ok) return reject(state, out, conn, Close.BAD_FRAME, `IDENTIFY: ${parsed.error}`, now);
   const d = parsed.value;
-  if (!constantTimeEquals(d.password, state.config.password)) {
+  if (!passwordMatches(d.password, state.config.password)) {
     return reject(state, out, conn, Close.BAD_PASSWORD, 'IDENTIFY: wrong password', now);
   }
   const key = sessionKey(d.app_name, d.client_id);

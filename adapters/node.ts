@@ -1,0 +1,68 @@
+// Node host: the shared Hono app on @hono/node-server, WebSockets on `ws`.
+// Translation only — every protocol decision is in src/core.
+
+import { serve } from '@hono/node-server';
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { announce, boot, onSignals } from '../src/host/boot.ts';
+import { createHttpApp, refuseUpgrade } from '../src/host/http.ts';
+import type { HubSocket } from '../src/host/hub.ts';
+
+const booted = boot(process.env, (code) => process.exit(code));
+const { config, hub } = booted;
+
+// ws would close oversized frames itself with 1009 and no NO_U_TBH; let frames
+// up to 4× the limit reach the core, which answers 4413 as the protocol says.
+const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxPayload * 4, perMessageDeflate: false });
+
+/** Frames written in one event-loop turn leave in one syscall per socket. */
+function batchedSocket(ws: WebSocket): HubSocket {
+  const raw = (ws as unknown as { _socket: Socket })._socket;
+  let corked = false;
+  return {
+    send(data) {
+      if (!corked) {
+        corked = true;
+        raw.cork();
+        setImmediate(() => {
+          corked = false;
+          raw.uncork();
+        });
+      }
+      ws.send(data);
+    },
+    close: (code, reason) => ws.close(code, reason),
+  };
+}
+
+const server = serve({ fetch: createHttpApp(hub).fetch, port: config.port, hostname: config.host }, (info) =>
+  announce(booted, info.port, 'node'),
+);
+
+server.on('upgrade', (request, socket, head) => {
+  const url = new URL(request.url ?? '/', 'http://localhost');
+  const refused = url.pathname === '/' ? refuseUpgrade(url, hub) : new Response('not found\n', { status: 404 });
+  if (refused instanceof Response) {
+    refused.text().then((body) => {
+      const status = `${refused.status} ${STATUS_CODES[refused.status]}`;
+      const headers = `Content-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close`;
+      socket.end(`HTTP/1.1 ${status}\r\n${headers}\r\n\r\n${body}`);
+    });
+    return;
+  }
+  const wire = refused;
+  wss.handleUpgrade(request, socket, head, (ws) => {
+    const conn = hub.open(batchedSocket(ws), wire);
+    ws.on('message', (data: Buffer, isBinary) => hub.receive(conn, isBinary ? data : data.toString()));
+    ws.on('close', (code) => hub.closed(conn, code));
+    ws.on('error', (error) => hub.log('warn', 'socket error', { conn, error: error.message }));
+  });
+});
+
+onSignals(
+  booted,
+  (signal, handler) => process.on(signal, handler),
+  () => server.close(),
+  (code) => process.exit(code),
+);

@@ -1,0 +1,80 @@
+// Configuration from a plain env record (process.env, Deno.env, Worker vars):
+// the same NERVE_* names on every runtime, each validated with a message that
+// names the variable.
+
+import { DEFAULT_LIMITS, type CoreConfig } from '../core/io.ts';
+
+export interface HostConfig extends CoreConfig {
+  port: number;
+  host: string;
+  drainTimeout: number;
+  /** True when NERVE_PASSWORD was not set and one was generated. */
+  generatedPassword: boolean;
+}
+
+export class ConfigError extends Error {}
+
+type Env = Record<string, string | undefined>;
+
+function integer(env: Env, name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw.trim());
+  if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(value) || value < min || value > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `an integer ≥ ${min}` : `an integer from ${min} to ${max}`;
+    throw new ConfigError(`${name} must be ${range} (got ${JSON.stringify(raw)})`);
+  }
+  return value;
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+function randomHex(bytes: number): string {
+  const buffer = new Uint8Array(bytes);
+  crypto.getRandomValues(buffer);
+  return Array.from(buffer, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+export function newWorkerId(): string {
+  return `nerve-${randomHex(3)}`;
+}
+
+/** Reads and validates the configuration; throws ConfigError naming the first bad variable. */
+export function loadConfig(env: Env, worker = newWorkerId()): HostConfig {
+  const host = env.NERVE_HOST?.trim() || '127.0.0.1';
+  const password = env.NERVE_PASSWORD;
+  if (password !== undefined && password.length === 0) throw new ConfigError('NERVE_PASSWORD must not be empty');
+  if (password === undefined && !isLoopback(host)) {
+    throw new ConfigError(`NERVE_HOST=${host} is not a loopback address: set NERVE_PASSWORD to listen on it`);
+  }
+  return {
+    ...DEFAULT_LIMITS,
+    worker,
+    host,
+    port: integer(env, 'NERVE_PORT', 6669, 0, 65535),
+    password: password ?? randomHex(16),
+    generatedPassword: password === undefined,
+    heartbeatInterval: integer(env, 'NERVE_HEARTBEAT_INTERVAL', DEFAULT_LIMITS.heartbeatInterval, 1),
+    maxPayload: integer(env, 'NERVE_MAX_PAYLOAD', DEFAULT_LIMITS.maxPayload, 64),
+    queueTtl: integer(env, 'NERVE_QUEUE_TTL', DEFAULT_LIMITS.queueTtl, 0),
+    resumeWindow: integer(env, 'NERVE_RESUME_WINDOW', DEFAULT_LIMITS.resumeWindow, 0),
+    maxMetadata: integer(env, 'NERVE_MAX_METADATA', DEFAULT_LIMITS.maxMetadata, 2),
+    drainTimeout: integer(env, 'NERVE_DRAIN_TIMEOUT', 10_000, 0),
+    rateLimit: integer(env, 'NERVE_RATE_LIMIT', DEFAULT_LIMITS.rateLimit, 0),
+  };
+}
+
+/** `?format=` and `?compression=` of an upgrade request, or the error to answer with HTTP 400. */
+export function parseWire(url: URL): { format: 'json' | 'msgpack'; compression: 'none' | 'zlib' } | { error: string } {
+  const format = url.searchParams.get('format') ?? 'json';
+  const compression = url.searchParams.get('compression') ?? 'none';
+  if (format !== 'json' && format !== 'msgpack') {
+    return { error: `unknown format ${JSON.stringify(format)}: use json or msgpack` };
+  }
+  if (compression !== 'none' && compression !== 'zlib') {
+    return { error: `unknown compression ${JSON.stringify(compression)}: use zlib, or leave it out` };
+  }
+  return { format, compression };
+}
