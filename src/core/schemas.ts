@@ -55,11 +55,7 @@ export const DispatchSchema = v.object({
     v.check((e) => !e.startsWith('NERVE_'), 'e must not start with NERVE_ (reserved for server events)'),
   ),
   d: v.optional(v.unknown()),
-  to: v.pipe(
-    v.unknown(),
-    v.check((to) => to !== undefined, 'to is required'),
-    TargetSchema,
-  ),
+  to: TargetSchema,
   nonce: v.optional(v.pipe(v.string('nonce must be a string'), v.maxLength(MAX_NAME, `nonce must be at most ${MAX_NAME} characters`))),
 });
 export type Dispatch = v.InferOutput<typeof DispatchSchema>;
@@ -71,5 +67,10 @@ export function validate<const S extends v.GenericSchema>(
 ): { ok: true; value: v.InferOutput<S> } | { ok: false; error: string } {
   const result = v.safeParse(schema, input, { abortEarly: true });
   if (result.success) return { ok: true, value: result.output };
-  return { ok: false, error: result.issues[0].message };
+  const issue = result.issues[0];
+  // A missing key is reported against its object; name the key instead.
+  if (issue.type === 'object' && issue.input === undefined && issue.path?.length) {
+    return { ok: false, error: `${issue.path.map((item) => String(item.key)).join('.')} is required` };
+  }
+  return { ok: false, error: issue.message };
 }
