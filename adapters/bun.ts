@@ -1,0 +1,91 @@
+// Bun host: Bun.serve with its native WebSocket handlers (no per-frame
+// wrapper objects) and the shared Hono app for HTTP and the upgrade check.
+// Translation only — every protocol decision is in src/core.
+
+import type { Server, ServerWebSocket } from 'bun';
+import type { Wire } from '../src/core/protocol.ts';
+import { announce, boot, onSignals } from '../src/host/boot.ts';
+import { createHttpApp } from '../src/host/http.ts';
+import type { HubSocket } from '../src/host/hub.ts';
+
+interface SocketData {
+  wire: Wire;
+  conn: number;
+  /** Frames the hub wrote this turn, not yet handed to Bun. */
+  queue: (string | Uint8Array)[];
+}
+type Ws = ServerWebSocket<SocketData>;
+
+const booted = boot(process.env, (code) => process.exit(code));
+const { config, hub } = booted;
+
+// Bun corks a socket only inside its own callbacks, and a dispatch writes to
+// other sockets; so writes are queued per socket and flushed once per turn,
+// each socket's batch inside one cork (one syscall), as bench/baseline/bun.ts does.
+const pending: Ws[] = [];
+function flush(ws: Ws): void {
+  const queue = ws.data.queue;
+  if (queue.length === 0) return;
+  ws.data.queue = [];
+  ws.cork(() => {
+    for (let i = 0; i < queue.length; i++) ws.send(queue[i]!);
+  });
+}
+function flushAll(): void {
+  for (let i = 0; i < pending.length; i++) flush(pending[i]!);
+  pending.length = 0;
+}
+function hubSocket(ws: Ws): HubSocket {
+  return {
+    send(data) {
+      if (ws.data.queue.length === 0) {
+        if (pending.push(ws) === 1) setImmediate(flushAll);
+      }
+      ws.data.queue.push(data);
+    },
+    close(code, reason) {
+      // NO_U_TBH (or GO_AWAY) is queued just before; it must leave before the close frame.
+      flush(ws);
+      ws.close(code, reason);
+    },
+  };
+}
+
+const app = createHttpApp(hub, (c, wire) => {
+  const server = c.env as Server<SocketData>;
+  const data: SocketData = { wire, conn: 0, queue: [] };
+  if (server.upgrade(c.req.raw, { data })) return new Response(null);
+  return c.text('not a valid WebSocket upgrade\n', 400);
+});
+
+const server = Bun.serve({
+  port: config.port,
+  hostname: config.host,
+  fetch: (request, server) => app.fetch(request, server),
+  websocket: {
+    data: {} as SocketData,
+    // Bun would close oversized frames itself with 1009 and no NO_U_TBH; let frames
+    // up to 4× the limit reach the core, which answers 4413 as the protocol says.
+    maxPayloadLength: config.maxPayload * 4,
+    perMessageDeflate: false,
+    open(ws) {
+      ws.data.conn = hub.open(hubSocket(ws), ws.data.wire);
+    },
+    message(ws, message) {
+      hub.receive(ws.data.conn, message);
+    },
+    close(ws, code) {
+      ws.data.queue = [];
+      hub.closed(ws.data.conn, code);
+    },
+  },
+});
+announce(booted, server.port ?? config.port, 'bun');
+
+onSignals(
+  booted,
+  (signal, handler) => process.on(signal, handler),
+  // stop() without `true` stops listening and leaves open sockets to drain.
+  () => void server.stop(),
+  (code) => process.exit(code),
+);
