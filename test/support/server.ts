@@ -1,10 +1,11 @@
 // Starts a real Nerve server as a child process for black-box tests and waits
 // until it listens. Every runtime prints the same JSON "listening" log line.
+// A runtime is one entry in `commands`; RUNTIMES is what suites loop over.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-export type Runtime = 'node';
+export type Runtime = 'node' | 'deno' | 'bun';
 
 export interface RunningServer {
   runtime: Runtime;
@@ -26,7 +27,13 @@ const bin = (name: string) => `${root}node_modules/.bin/${name}`;
 
 const commands: Record<Runtime, string[]> = {
   node: [bin('tsx'), 'adapters/node.ts'],
+  // The same permissions as `npm run start:deno`; DENO_DIR is set below.
+  deno: [bin('deno'), 'run', '--allow-net', '--allow-env', '--cached-only', 'adapters/deno.ts'],
+  bun: [bin('bun'), 'run', 'adapters/bun.ts'],
 };
+
+/** Every runtime with an adapter, in the order suites should run them. */
+export const RUNTIMES: Runtime[] = Object.keys(commands) as Runtime[];
 
 export async function startServer(
   runtime: Runtime = 'node',
@@ -36,7 +43,7 @@ export async function startServer(
   const [cmd, ...args] = commands[runtime];
   const child = spawn(cmd!, args, {
     cwd: root,
-    env: { ...process.env, NERVE_PORT: '0', NERVE_PASSWORD: password, ...env },
+    env: { ...process.env, DENO_DIR: `${root}.deno-dir`, NERVE_PORT: '0', NERVE_PASSWORD: password, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];
