@@ -1,0 +1,157 @@
+// Shared setup of the conformance suite: which runtimes it runs against, the
+// short-timeout server config, one server per describe, and helpers that
+// connect, identify and check error closes the way PROTOCOL.md words them.
+
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
+import * as support from '../support/server.ts';
+import { closeAllClients, TestClient, type ClientOptions, type Closed } from './client.ts';
+
+export type Runtime = support.Runtime;
+export type { RunningServer } from '../support/server.ts';
+
+// test/support/server.ts owns the list of runtimes it can start; until it
+// exports one, only Node exists. NERVE_RUNTIMES=node,bun narrows a local run.
+const declared = ((support as Record<string, unknown>).RUNTIMES as readonly Runtime[] | undefined) ?? (['node'] as Runtime[]);
+const wanted = process.env.NERVE_RUNTIMES?.split(',').map((name) => name.trim()).filter(Boolean);
+export const RUNTIMES: readonly Runtime[] = wanted ? declared.filter((runtime) => wanted.includes(runtime)) : declared;
+
+export const HEARTBEAT_INTERVAL = 1000;
+export const QUEUE_TTL = 500;
+export const RESUME_WINDOW = 1500;
+export const MAX_PAYLOAD = 65536;
+export const MAX_METADATA = 4096;
+
+/** Short timeouts so timeout, TTL and resume-window cases take about a second each. */
+export const FAST_ENV: Record<string, string> = {
+  NERVE_HEARTBEAT_INTERVAL: String(HEARTBEAT_INTERVAL),
+  NERVE_QUEUE_TTL: String(QUEUE_TTL),
+  NERVE_RESUME_WINDOW: String(RESUME_WINDOW),
+  NERVE_MAX_PAYLOAD: String(MAX_PAYLOAD),
+  NERVE_MAX_METADATA: String(MAX_METADATA),
+  NERVE_RATE_LIMIT: '0',
+};
+
+/** Well under 1.5 × HEARTBEAT_INTERVAL, with room for a loaded machine. */
+export const KEEPALIVE: ClientOptions = { heartbeatEvery: 250 };
+
+/**
+ * Starts one server for the enclosing describe and stops it afterwards; every
+ * client left open by a test is closed with 1000 so its session ends.
+ */
+export function useServer(runtime: Runtime, env: Record<string, string> = {}): () => support.RunningServer {
+  let server: support.RunningServer | undefined;
+  beforeAll(async () => {
+    server = await support.startServer(runtime, { ...FAST_ENV, ...env });
+  });
+  afterEach(closeAllClients);
+  afterAll(async () => {
+    await closeAllClients();
+    await server?.stop();
+  });
+  return () => {
+    if (!server) throw new Error(`${runtime} server is not running`);
+    return server;
+  };
+}
+
+let counter = 0;
+/** App and client names unique to one test, so tests never see each other's traffic. */
+export function uid(prefix: string): string {
+  return `${prefix}-${++counter}-${Math.random().toString(16).slice(2, 8)}`;
+}
+
+/** Opens a connection and waits for HELLO. */
+export async function connect(server: support.RunningServer, options: ClientOptions = KEEPALIVE): Promise<{ client: TestClient; hello: any }> {
+  const client = new TestClient(server.url, options);
+  await client.opened;
+  const hello = await client.next();
+  expect(hello.op, 'first frame is HELLO').toBe(0);
+  return { client, hello };
+}
+
+export interface IdentifyOptions extends ClientOptions {
+  metadata?: Record<string, unknown>;
+  reconnect?: boolean;
+  seq?: number;
+}
+
+/** Connects, identifies as app/client_id and waits for WELCOME. */
+export async function identified(server: support.RunningServer, app: string, clientId: string, options: IdentifyOptions = {}): Promise<TestClient> {
+  const { metadata, reconnect, seq, ...wire } = options;
+  const { client } = await connect(server, { ...KEEPALIVE, ...wire });
+  const d: Record<string, unknown> = { app_name: app, client_id: clientId, password: server.password };
+  if (metadata !== undefined) d.metadata = metadata;
+  if (reconnect !== undefined) d.reconnect = reconnect;
+  if (seq !== undefined) d.seq = seq;
+  client.identify(d);
+  const welcome = await client.next();
+  expect(welcome, `WELCOME for ${app}/${clientId}`).toEqual({ op: 2, d: "hi i'm dad" });
+  return client;
+}
+
+/** WebSocket close reasons carry at most 123 bytes of UTF-8. */
+export function truncated(reason: string): string {
+  const bytes = Buffer.from(reason, 'utf8');
+  if (bytes.length <= 123) return reason;
+  let end = 123;
+  while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--;
+  return bytes.subarray(0, end).toString('utf8');
+}
+
+/**
+ * The §5 error contract: NO_U_TBH with a reason matching `reason`, then a
+ * close with `code` and the same reason (truncated to 123 bytes).
+ */
+export async function expectError(client: TestClient, code: number, reason: RegExp | string, timeout = 3000): Promise<{ reason: string; closed: Closed }> {
+  const noU = await client.waitFor((f) => f?.op === 6, timeout, 'NO_U_TBH');
+  expect(Object.keys(noU).sort(), 'NO_U_TBH carries only op and d').toEqual(['d', 'op']);
+  expect(typeof noU.d).toBe('string');
+  if (typeof reason === 'string') expect(noU.d).toContain(reason);
+  else expect(noU.d).toMatch(reason);
+  const closed = await client.closed;
+  expect(closed).toEqual({ code, reason: truncated(noU.d) });
+  return { reason: noU.d, closed };
+}
+
+/** Polls until `check` holds: for state only visible over HTTP (e.g. the server noticing a dropped socket). */
+export async function eventually<T>(probe: () => Promise<T>, check: (value: T) => boolean, timeout = 3000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await probe();
+    if (check(value)) return value;
+    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeout} ms; last: ${JSON.stringify(value)}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+export async function getClients(server: support.RunningServer, app?: string): Promise<any[]> {
+  const res = await fetch(`${server.http}/clients${app === undefined ? '' : `?app_name=${encodeURIComponent(app)}`}`, {
+    headers: { authorization: `Bearer ${server.password}` },
+  });
+  expect(res.status).toBe(200);
+  return res.json();
+}
+
+/** Resolves once the server has seen `clientId`'s socket drop (its session waits in the resume window). */
+export function droppedOnServer(server: support.RunningServer, app: string, clientId: string): Promise<unknown> {
+  return eventually(
+    () => getClients(server, app),
+    (list) => list.some((c) => c.client_id === clientId && c.connected === false),
+    3000,
+    `${app}/${clientId} disconnected on the server`,
+  );
+}
+
+/** Resolves once `clientId`'s session is gone from the server. */
+export function goneOnServer(server: support.RunningServer, app: string, clientId: string, timeout = 5000): Promise<unknown> {
+  return eventually(
+    () => getClients(server, app),
+    (list) => !list.some((c) => c.client_id === clientId),
+    timeout,
+    `${app}/${clientId} gone from the server`,
+  );
+}
+
+export function dispatchFrame(e: string, to: Record<string, unknown>, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { op: 8, e, to, ...extra };
+}
