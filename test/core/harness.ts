@@ -23,6 +23,8 @@ export class Sim {
   readonly wires = new Map<number, Wire>();
   /** Raw outputs of the last step, for byte-level assertions. */
   raw: Output[] = [];
+  /** Error logs: the core reporting a bug of its own. Tests expect none. */
+  readonly internalErrors: string[] = [];
   private request = 1;
 
   constructor(config: Partial<CoreConfig> = {}) {
@@ -53,6 +55,9 @@ export class Sim {
     const [next, outputs] = step(this.state, input);
     this.state = next;
     this.raw = outputs;
+    for (const output of outputs) {
+      if (output.type === 'log' && output.level === 'error') this.internalErrors.push(`${output.msg} ${JSON.stringify(output.fields)}`);
+    }
     return outputs.map((output) => this.decode(output));
   }
 
