@@ -6,7 +6,7 @@
 import type { Output } from './io.ts';
 import { ACK_EVENT, Op, UNDELIVERABLE_EVENT } from './protocol.ts';
 import { pickRendezvous, pickRoundRobin } from './select.ts';
-import { forgetAppIfEmpty, getApp, sessionKey, type AppState, type Routed, type Session, type State } from './state.ts';
+import { forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type AppState, type Routed, type Session, type State } from './state.ts';
 import { send, sendRouted } from './wire.ts';
 
 export function matches(session: Session, msg: Routed): boolean {
@@ -16,6 +16,7 @@ export function matches(session: Session, msg: Routed): boolean {
 /** Gives the event the session's next `s`, buffers it for replay, and writes it if connected. */
 export function deliver(state: State, out: Output[], session: Session, msg: Routed, directed: boolean): void {
   const s = ++session.seq;
+  touchSession(state, session);
   const written = session.conn !== null;
   session.replay.push({ s, msg, written, directed });
   session.replayBytes += msg.bytes;
@@ -56,6 +57,7 @@ export function hold(state: State, out: Output[], msg: Routed, now: number): boo
     return false;
   }
   const expiresAt = now + queueTtl;
+  touchApp(state, app);
   app.held.push({ msg, expiresAt, done: false });
   app.heldBytes += msg.bytes;
   state.counters.queued++;
@@ -73,6 +75,7 @@ function describeTarget(msg: Routed): string {
 
 /** Ends held events whose TTL is over, and re-files the app's timer for the next one. */
 export function expireHeld(state: State, out: Output[], app: AppState, now: number): void {
+  touchApp(state, app);
   app.heldTimerAt = Infinity;
   let expired = 0;
   while (expired < app.held.length && app.held[expired]!.expiresAt <= now) expired++;
@@ -104,7 +107,10 @@ export function deliverHeld(state: State, out: Output[], session: Session): void
     delivered++;
     deliver(state, out, session, msg, true);
   }
-  if (delivered > 0) app.held = app.held.filter((held) => !held.done);
+  if (delivered > 0) {
+    app.held = app.held.filter((held) => !held.done);
+    touchApp(state, app);
+  }
 }
 
 /**
@@ -137,6 +143,7 @@ export function route(state: State, out: Output[], msg: Routed, now: number): { 
   const eligible = (session: Session) => session.conn !== null && session.key !== msg.senderKey && matches(session, msg);
   const picked = app && (target.key === undefined ? pickRoundRobin(app, eligible) : pickRendezvous(app, target.key, eligible));
   if (picked) {
+    if (target.key === undefined) touchApp(state, app!); // the round-robin cursor moved
     deliver(state, out, picked, msg, true);
     return { delivered: 1, queued: 0 };
   }
@@ -148,6 +155,7 @@ export function route(state: State, out: Output[], msg: Routed, now: number): { 
  * was handed but never written, with their original sender and a fresh TTL.
  */
 export function requeueUnwritten(state: State, out: Output[], session: Session, now: number): void {
+  touchSession(state, session);
   for (const entry of session.replay) {
     if (entry.directed && !entry.written) hold(state, out, entry.msg, now);
   }

@@ -13,6 +13,11 @@ export type Input =
   | { type: 'message'; now: number; conn: ConnId; data: string | Uint8Array }
   /** The transport closed (by the peer, or after a close output). `code` is what the peer sent, if anything. */
   | { type: 'close'; now: number; conn: ConnId; code?: number }
+  /**
+   * A HEARTBEAT the host answered without the core (a Durable Object's
+   * auto-response); `at` is when it arrived. Sends nothing; feed before a tick.
+   */
+  | { type: 'heartbeat'; now: number; conn: ConnId; at: number }
   /** The host's one timer fired: deadlines at or before `now` are handled. */
   | { type: 'tick'; now: number }
   /** A dispatch from outside the WebSocket world (HTTP `POST /dispatch`). */

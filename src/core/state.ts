@@ -101,6 +101,15 @@ export interface Counters {
   errors: Record<number, number>;
 }
 
+/**
+ * Keys of the sessions and names of the apps a step changed, for hosts that
+ * persist state between events (a Durable Object). Absent unless a host asks.
+ */
+export interface Changes {
+  sessions: Set<string>;
+  apps: Set<string>;
+}
+
 export interface State {
   config: CoreConfig;
   conns: Map<ConnId, Conn>;
@@ -112,6 +121,7 @@ export interface State {
   connectedClients: number;
   draining: boolean;
   counters: Counters;
+  changes?: Changes;
 }
 
 export function createState(config: CoreConfig): State {
@@ -132,21 +142,53 @@ export function sessionKey(appName: string, clientId: string): string {
   return `${appName}\u0000${clientId}`;
 }
 
+export function touchSession(state: State, session: Session): void {
+  state.changes?.sessions.add(session.key);
+}
+
+export function touchApp(state: State, app: AppState): void {
+  state.changes?.apps.add(app.name);
+}
+
 export function getApp(state: State, name: string): AppState {
   let app = state.apps.get(name);
   if (!app) {
     app = { name, sessions: [], cursor: 0, held: [], heldBytes: 0, heldTimerAt: Infinity };
     state.apps.set(name, app);
+    touchApp(state, app);
   }
   return app;
 }
 
 /** Apps exist only while they have sessions or held messages. */
 export function forgetAppIfEmpty(state: State, app: AppState): void {
-  if (app.sessions.length === 0 && app.held.length === 0) state.apps.delete(app.name);
+  if (app.sessions.length === 0 && app.held.length === 0) {
+    state.apps.delete(app.name);
+    touchApp(state, app);
+  }
 }
 
-/** The earliest time the host must feed a `tick`, if any. */
+/** Whether a timer entry still means something; superseded entries are skipped. */
+export function isLiveTimer(state: State, at: number, ref: TimerRef): boolean {
+  switch (ref.kind) {
+    case 'conn':
+      return state.conns.get(ref.conn.id) === ref.conn && !ref.conn.closing && at === ref.conn.timerAt;
+    case 'session':
+      return state.sessions.get(ref.session.key) === ref.session && ref.session.conn === null && at === ref.session.expiresAt;
+    case 'app':
+      return state.apps.get(ref.app.name) === ref.app && at === ref.app.heldTimerAt;
+  }
+}
+
+/**
+ * The earliest time the host must feed a `tick`, if any. Superseded entries at
+ * the top are dropped first, so a host whose timer wakes a sleeping process
+ * (a Durable Object alarm) is not woken for nothing.
+ */
 export function nextDeadline(state: State): number | undefined {
-  return state.timers.peek();
+  for (let top = state.timers.peekEntry(); top; top = state.timers.peekEntry()) {
+    if (isLiveTimer(state, top.at, top.ref)) return top.at;
+    state.timers.popDue(top.at);
+  }
+  return undefined;
 }

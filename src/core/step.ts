@@ -37,7 +37,7 @@ import {
 import { passwordMatches } from './password.ts';
 import { compileQuery, QueryError, type MetadataTest } from './query.ts';
 import { DispatchSchema, IdentifySchema, isPlainObject, validate, type Dispatch } from './schemas.ts';
-import { forgetAppIfEmpty, getApp, sessionKey, type Conn, type Session, type State } from './state.ts';
+import { forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type Conn, type Session, type State } from './state.ts';
 import { closeConn, createRouted, fail, send, sendHeartbeatAck, sendRouted } from './wire.ts';
 
 const SERVER_OPS: Record<number, string> = { 0: 'HELLO', 2: 'WELCOME', 4: 'HEARTBEAT_ACK', 5: 'GO_AWAY', 6: 'NO_U_TBH' };
@@ -62,6 +62,9 @@ export function step(state: State, input: Input): [State, Output[]] {
     }
     case 'close':
       transportClosed(state, out, input.conn, input.code, input.now);
+      break;
+    case 'heartbeat':
+      heartbeatAnswered(state, input.conn, input.at);
       break;
     case 'tick':
       tick(state, out, input.now);
@@ -106,7 +109,7 @@ function open(state: State, out: Output[], id: ConnId, wire: Wire, now: number):
 }
 
 /** Before IDENTIFY the deadline is the identify timeout; after, 1.5 heartbeat intervals past the last one. */
-function connDeadline(state: State, conn: Conn): number {
+export function connDeadline(state: State, conn: Conn): number {
   const interval = state.config.heartbeatInterval;
   return conn.session ? conn.lastHeartbeat + interval * 1.5 : conn.openedAt + interval;
 }
@@ -127,6 +130,7 @@ function reject(state: State, out: Output[], conn: Conn, code: CloseCode, reason
 }
 
 function detach(state: State, conn: Conn, session: Session): void {
+  touchSession(state, session);
   conn.session = null;
   session.conn = null;
   state.connectedClients--;
@@ -204,6 +208,18 @@ function heartbeat(state: State, out: Output[], conn: Conn, now: number): void {
   sendHeartbeatAck(state, out, conn);
 }
 
+/**
+ * A heartbeat the host already acknowledged itself (a Durable Object's
+ * auto-response), reported before a tick. The deadline is re-filed at once so
+ * the stale entry does not wake the host.
+ */
+function heartbeatAnswered(state: State, id: ConnId, at: number): void {
+  const conn = state.conns.get(id);
+  if (!conn || conn.closing || at <= conn.lastHeartbeat) return;
+  conn.lastHeartbeat = at;
+  if (conn.session) armConn(state, conn);
+}
+
 // ── sessions ───────────────────────────────────────────────────────────────
 
 function identify(state: State, out: Output[], conn: Conn, payload: unknown, now: number): void {
@@ -255,6 +271,7 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
   session.conn = conn;
   session.connectedAt = now;
   conn.session = session;
+  touchSession(state, session);
   state.connectedClients++;
   send(state, out, conn, { op: Op.WELCOME, d: WELCOME_TEXT });
   out.push({
@@ -279,6 +296,7 @@ function replay(state: State, out: Output[], conn: Conn, session: Session, seq: 
 
 function keepResumable(state: State, out: Output[], session: Session, now: number): void {
   if (state.draining || state.config.resumeWindow <= 0) return endSession(state, out, session, now);
+  touchSession(state, session);
   session.expiresAt = now + state.config.resumeWindow;
   state.timers.push(session.expiresAt, { kind: 'session', session });
 }
@@ -286,6 +304,7 @@ function keepResumable(state: State, out: Output[], session: Session, now: numbe
 function endSession(state: State, out: Output[], session: Session, now: number): void {
   if (state.sessions.get(session.key) !== session) return;
   state.sessions.delete(session.key);
+  touchSession(state, session);
   const app = session.app;
   const index = app.sessions.indexOf(session);
   if (index >= 0) app.sessions.splice(index, 1);
@@ -307,6 +326,7 @@ function aboutMe(state: State, out: Output[], conn: Conn, session: Session, payl
   if (tooLarge !== undefined) {
     return reject(state, out, conn, Close.TOO_LARGE, metadataTooLarge('ABOUT_ME', tooLarge, state.config.maxMetadata), now);
   }
+  touchSession(state, session);
   deliverHeld(state, out, session);
 }
 
@@ -401,6 +421,8 @@ function shutdown(state: State, out: Output[]): void {
     closeConn(state, out, conn, Close.GOING_AWAY, GO_AWAY_TEXT);
     if (conn.session) detach(state, conn, conn.session);
   }
+  for (const session of state.sessions.values()) touchSession(state, session);
+  for (const app of state.apps.values()) touchApp(state, app);
   state.sessions.clear();
   state.apps.clear();
   out.push({ type: 'log', level: 'info', msg: 'shutting down', fields: { connections: state.conns.size } });

@@ -18,6 +18,11 @@ export class TimerHeap<T> {
     return this.items[0]?.at;
   }
 
+  /** The earliest entry itself, so a caller can tell a stale one from a live one. */
+  peekEntry(): TimerEntry<T> | undefined {
+    return this.items[0];
+  }
+
   push(at: number, ref: T): void {
     const items = this.items;
     items.push({ at, ref });
