@@ -24,6 +24,10 @@ export interface HubOptions {
    * host calls `hub.tick()`. Defaults to setTimeout.
    */
   arm?: (at: number | undefined) => void;
+  /** Start from this state instead of an empty one (a Durable Object waking from hibernation). */
+  state?: State;
+  /** Called after every step, once its outputs ran: a host that persists state saves what changed here. */
+  afterStep?: (input: Input, outputs: Output[]) => void;
 }
 
 export type DispatchResult =
@@ -42,10 +46,12 @@ export class Hub {
   private readonly writeLog: (line: string) => void;
   private readonly arm: (at: number | undefined) => void;
   private idleWaiters: (() => void)[] = [];
+  private readonly afterStep: ((input: Input, outputs: Output[]) => void) | undefined;
 
   constructor(options: HubOptions) {
     this.config = options.config;
-    this.state = createState(options.config);
+    this.state = options.state ?? createState(options.config);
+    this.afterStep = options.afterStep;
     this.now = options.now ?? Date.now;
     this.writeLog = options.log ?? ((line) => console.log(line));
     this.arm = options.arm ?? ((at) => this.armTimeout(at));
@@ -65,6 +71,17 @@ export class Hub {
     this.sockets.set(conn, socket);
     this.run({ type: 'open', now: this.now(), conn, wire });
     return conn;
+  }
+
+  /** Re-attaches the socket of a connection the restored state already knows. */
+  adopt(conn: ConnId, socket: HubSocket): void {
+    this.sockets.set(conn, socket);
+    if (conn >= this.nextConn) this.nextConn = conn + 1;
+  }
+
+  /** A HEARTBEAT the runtime answered by itself at `at` (ms). */
+  heartbeat(conn: ConnId, at: number): void {
+    this.run({ type: 'heartbeat', now: this.now(), conn, at });
   }
 
   receive(conn: ConnId, data: string | Uint8Array): void {
@@ -126,6 +143,7 @@ export class Hub {
   private run(input: Input): Output[] {
     const [, outputs] = step(this.state, input);
     for (const output of outputs) this.execute(output);
+    this.afterStep?.(input, outputs);
     const deadline = nextDeadline(this.state);
     if (deadline !== this.armedAt) {
       this.armedAt = deadline;
