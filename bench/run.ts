@@ -1,0 +1,569 @@
+// `npm run bench`: starts each server (baseline relay and Nerve, per runtime)
+// pinned to core 0, drives it with bench/load.ts pinned to core 1, alternates
+// baseline/Nerve run by run, and prints medians, ratios and targets.
+
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import type { LoadConfig } from './load.ts';
+import { median } from './lib/stats.ts';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const BIN = join(ROOT, 'node_modules/.bin');
+const PASSWORD = 'bench-password';
+
+type Runtime = 'node' | 'bun' | 'deno';
+type Scenario = 'pairs' | 'latency' | 'fanout' | 'connections' | 'core';
+type Kind = 'baseline' | 'nerve';
+const ALL_RUNTIMES: Runtime[] = ['node', 'bun', 'deno'];
+const ALL_SCENARIOS: Scenario[] = ['pairs', 'latency', 'fanout', 'connections', 'core'];
+
+// ---- options: flags win over BENCH_* env, which wins over the defaults ----
+
+function options() {
+  const argv = process.argv.slice(2);
+  const flag = (name: string): string | undefined => {
+    const eq = argv.find((a) => a.startsWith(`--${name}=`));
+    if (eq) return eq.slice(name.length + 3);
+    const i = argv.indexOf(`--${name}`);
+    if (i >= 0 && argv[i + 1] && !argv[i + 1].startsWith('--')) return argv[i + 1];
+    return process.env[`BENCH_${name.toUpperCase().replace(/-/g, '_')}`];
+  };
+  const has = (name: string) => argv.includes(`--${name}`) || process.env[`BENCH_${name.toUpperCase()}`] === '1';
+  if (has('help')) {
+    console.log(HELP);
+    process.exit(0);
+  }
+  const smoke = has('smoke');
+  const num = (name: string, def: number, smokeDef: number): number => {
+    const v = flag(name);
+    const n = v === undefined ? (smoke ? smokeDef : def) : Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`--${name}: expected a number, got ${v}`);
+    return n;
+  };
+  const list = <T extends string>(name: string, all: T[]): T[] => {
+    const v = flag(name);
+    if (!v) return all;
+    const xs = v.split(',').map((s) => s.trim()) as T[];
+    for (const x of xs) if (!all.includes(x)) throw new Error(`--${name}: unknown ${x} (known: ${all.join(', ')})`);
+    return xs;
+  };
+  return {
+    smoke,
+    profile: has('profile'),
+    runtimes: list('runtimes', ALL_RUNTIMES),
+    scenarios: list('scenarios', ALL_SCENARIOS),
+    servers: list<Kind>('servers', ['baseline', 'nerve']),
+    runs: num('runs', 3, 1),
+    warmupMs: num('warmup-ms', 1000, 200),
+    measureMs: num('measure-ms', 3000, 500),
+    latencyMs: num('latency-ms', 2000, 500),
+    pairs: num('pairs', 8, 2),
+    window: num('window', 500, 50),
+    consumers: num('consumers', 200, 20),
+    fanWindow: num('fan-window', 32, 4),
+    payloadBytes: num('payload-bytes', 100, 100),
+    connections: num('connections', 5000, 200),
+    concurrency: num('concurrency', 100, 50),
+    holdMs: num('hold-ms', 2000, 300),
+    coreMs: num('core-ms', 500, 100),
+    out: flag('out'),
+  };
+}
+type Options = ReturnType<typeof options>;
+
+const HELP = `npm run bench -- [flags]   (each flag also reads BENCH_<NAME>, e.g. BENCH_RUNS=5)
+  --smoke                seconds-long run with tiny counts (CI)
+  --runtimes node,bun,deno   --scenarios pairs,latency,fanout,connections,core
+  --servers baseline,nerve   --runs N (3)          --profile (node --cpu-prof of the Nerve Node server)
+  --warmup-ms 1000  --measure-ms 3000  --latency-ms 2000  --hold-ms 2000  --core-ms 500
+  --pairs 8  --window 500  --consumers 200  --fan-window 32  --payload-bytes 100
+  --connections 5000  --concurrency 100  --out FILE.json`;
+
+// ---- processes ----
+
+const hasTaskset = spawnSync('taskset', ['-c', '0', 'true']).status === 0;
+const pin = (core: number, cmd: string[]) => (hasTaskset ? ['taskset', '-c', String(core), ...cmd] : cmd);
+
+function serverCommand(runtime: Runtime, kind: Kind, opts: Options): string[] | null {
+  const entry = kind === 'baseline' ? `bench/baseline/${runtime}.ts` : `adapters/${runtime}.ts`;
+  if (!existsSync(join(ROOT, entry))) return null;
+  if (runtime === 'node') {
+    const prof = opts.profile && kind === 'nerve' ? ['--cpu-prof', `--cpu-prof-dir=${join(ROOT, 'bench/results/profiles')}`] : [];
+    return [process.execPath, ...prof, '--import', 'tsx', entry];
+  }
+  if (runtime === 'bun') return [join(BIN, 'bun'), 'run', entry];
+  return [join(BIN, 'deno'), 'run', '-A', entry];
+}
+
+function runtimeAvailable(runtime: Runtime): string | null {
+  if (runtime === 'node') return process.version;
+  const r = spawnSync(join(BIN, runtime), ['--version'], { encoding: 'utf8', timeout: 20_000 });
+  return r.status === 0 ? r.stdout.split('\n')[0].trim() : null;
+}
+
+/** /proc/PID/status VmRSS in bytes. */
+function rss(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/** User + system CPU seconds of a process, from /proc/PID/stat. */
+function cpuSeconds(pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100; // fields 14 and 15, in USER_HZ (100 on Linux)
+  } catch {
+    return NaN;
+  }
+}
+
+/** The process that actually serves: the spawned one or its largest descendant (a runtime may re-exec). */
+function servingPid(root: number): number {
+  const children = new Map<number, number[]>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const s = readFileSync(`/proc/${d}/stat`, 'utf8');
+      const ppid = Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[1]);
+      (children.get(ppid) ?? children.set(ppid, []).get(ppid)!).push(Number(d));
+    } catch {
+      /* gone */
+    }
+  }
+  let best = root;
+  const walk = (p: number) => {
+    for (const c of children.get(p) ?? []) {
+      if (rss(c) > rss(best)) best = c;
+      walk(c);
+    }
+  };
+  walk(root);
+  return best;
+}
+
+interface Server {
+  proc: ChildProcess;
+  port: number;
+  pid: number;
+  log: string[];
+}
+
+function startServer(cmd: string[], env: Record<string, string>): Promise<Server> {
+  return new Promise((resolvePromise, reject) => {
+    const full = pin(0, cmd);
+    const proc = spawn(full[0], full.slice(1), {
+      cwd: ROOT,
+      env: { ...process.env, DENO_DIR: join(ROOT, '.deno-dir'), ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const log: string[] = [];
+    const keep = (line: string) => {
+      log.push(line);
+      if (log.length > 40) log.shift();
+    };
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`server did not print its listening line in 30 s: ${cmd.join(' ')}\n${log.join('\n')}`));
+    }, 30_000);
+    let ready = false;
+    createInterface({ input: proc.stdout! }).on('line', (line) => {
+      if (!ready) {
+        try {
+          const j = JSON.parse(line);
+          if (j.msg === 'listening' && typeof j.port === 'number') {
+            ready = true;
+            clearTimeout(timer);
+            resolvePromise({ proc, port: j.port, pid: servingPid(proc.pid!), log });
+            return;
+          }
+        } catch {
+          /* not JSON: an ordinary log line */
+        }
+      }
+      keep(line);
+    });
+    createInterface({ input: proc.stderr! }).on('line', keep);
+    proc.on('exit', (code, sig) => {
+      if (!ready) {
+        clearTimeout(timer);
+        reject(new Error(`server exited (${code ?? sig}) before listening: ${cmd.join(' ')}\n${log.join('\n')}`));
+      }
+    });
+  });
+}
+
+async function stopServer(s: Server): Promise<void> {
+  if (s.proc.exitCode !== null || s.proc.signalCode !== null) return;
+  const exited = new Promise<void>((r) => s.proc.once('exit', () => r()));
+  s.proc.kill('SIGTERM');
+  const t = setTimeout(() => s.proc.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(t);
+}
+
+interface LoadOutcome {
+  result: any;
+  serverCpu?: number;
+  rssBefore?: number;
+  rssAfter?: number;
+}
+
+function runLoad(server: Server, cfg: LoadConfig): Promise<LoadOutcome> {
+  return new Promise((resolvePromise, reject) => {
+    const cmd = pin(1, [process.execPath, '--import', 'tsx', 'bench/load.ts', JSON.stringify(cfg)]);
+    const proc = spawn(cmd[0], cmd.slice(1), { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+    const outcome: LoadOutcome = { result: null };
+    let cpu0 = 0;
+    let t0 = 0;
+    let stderr = '';
+    const timer = setTimeout(() => proc.kill('SIGKILL'), cfg.deadlineMs + 10_000);
+    proc.stderr!.on('data', (b) => (stderr = (stderr + b).slice(-4000)));
+    createInterface({ input: proc.stdout! }).on('line', (line) => {
+      let ev: any;
+      try {
+        ev = JSON.parse(line);
+      } catch {
+        return;
+      }
+      if (ev.event === 'window-start') {
+        cpu0 = cpuSeconds(server.pid);
+        t0 = performance.now();
+      } else if (ev.event === 'window-end') {
+        outcome.serverCpu = (cpuSeconds(server.pid) - cpu0) / ((performance.now() - t0) / 1000);
+      } else if (ev.event === 'before') {
+        outcome.rssBefore = rss(server.pid);
+        proc.stdin!.write('\n');
+      } else if (ev.event === 'sample') {
+        outcome.rssAfter = rss(server.pid);
+        proc.stdin!.write('\n');
+      } else if (ev.event === 'result') outcome.result = ev;
+      else if (ev.event === 'error') stderr += ev.error;
+    });
+    proc.on('exit', (code) => {
+      clearTimeout(timer);
+      if (outcome.result) resolvePromise(outcome);
+      else reject(new Error(`load client failed (exit ${code}): ${stderr.trim().slice(-1500)}`));
+    });
+  });
+}
+
+// ---- one measured run ----
+
+interface Row {
+  runtime: Runtime;
+  scenario: Scenario;
+  server: Kind;
+  run: number;
+  ok: boolean;
+  error?: string;
+  rate?: number;
+  p50Us?: number;
+  p99Us?: number;
+  clientCpu?: number;
+  serverCpu?: number;
+  clientSaturated?: boolean;
+  lost?: number;
+  errorCount?: number;
+  rssBefore?: number;
+  rssAfter?: number;
+  bytesPerConn?: number;
+  connectSeconds?: number;
+  raw?: unknown;
+}
+
+async function socketRun(runtime: Runtime, scenario: Exclude<Scenario, 'core'>, kind: Kind, run: number, opts: Options): Promise<Row> {
+  const base = { runtime, scenario, server: kind, run };
+  const cmd = serverCommand(runtime, kind, opts)!;
+  const env: Record<string, string> = { NERVE_PORT: '0', NERVE_HOST: '127.0.0.1', NERVE_PASSWORD: PASSWORD };
+  // Short enough that idle connections really heartbeat while they are held.
+  if (scenario === 'connections') env.NERVE_HEARTBEAT_INTERVAL = '2000';
+  const measureMs = scenario === 'latency' ? opts.latencyMs : opts.measureMs;
+  let server: Server | undefined;
+  try {
+    server = await startServer(cmd, env);
+    await new Promise((r) => setTimeout(r, 300));
+    const cfg: LoadConfig = {
+      scenario,
+      port: server.port,
+      password: PASSWORD,
+      warmupMs: opts.warmupMs,
+      measureMs,
+      drainMs: 2000,
+      payloadBytes: opts.payloadBytes,
+      pairs: opts.pairs,
+      window: opts.window,
+      consumers: opts.consumers,
+      fanWindow: opts.fanWindow,
+      connections: opts.connections,
+      concurrency: opts.concurrency,
+      holdMs: opts.holdMs,
+      deadlineMs: 30_000 + opts.warmupMs + measureMs + opts.holdMs + opts.connections * 10,
+    };
+    const o = await runLoad(server, cfg);
+    const r = o.result;
+    const row: Row = {
+      ...base,
+      ok: r.count > 0 && r.errorCount === 0,
+      rate: r.rate,
+      p50Us: r.p50Us,
+      p99Us: r.p99Us,
+      clientCpu: r.clientCpu,
+      serverCpu: o.serverCpu,
+      clientSaturated: scenario !== 'connections' && r.clientCpu > 0.9,
+      lost: r.lost,
+      errorCount: r.errorCount,
+      raw: r,
+    };
+    if (r.errorCount) row.error = r.errors.join('; ');
+    if (scenario === 'connections') {
+      row.rssBefore = o.rssBefore;
+      row.rssAfter = o.rssAfter;
+      row.bytesPerConn = ((o.rssAfter ?? NaN) - (o.rssBefore ?? NaN)) / opts.connections;
+      row.connectSeconds = r.seconds;
+      row.ok = row.ok && r.open === opts.connections;
+    }
+    return row;
+  } catch (err) {
+    return { ...base, ok: false, error: String((err as Error).message ?? err).slice(0, 2000) };
+  } finally {
+    if (server) await stopServer(server);
+  }
+}
+
+async function coreRun(runtime: Runtime, opts: Options): Promise<any> {
+  const cmd =
+    runtime === 'node'
+      ? [process.execPath, '--import', 'tsx', 'bench/core.ts']
+      : runtime === 'bun'
+        ? [join(BIN, 'bun'), 'run', 'bench/core.ts']
+        : [join(BIN, 'deno'), 'run', '-A', 'bench/core.ts'];
+  if (!existsSync(join(ROOT, 'src/core/index.ts'))) return { ok: false, error: 'src/core/index.ts not found' };
+  const full = pin(0, cmd);
+  const r = spawnSync(full[0], full.slice(1), {
+    cwd: ROOT,
+    encoding: 'utf8',
+    timeout: 120_000,
+    env: {
+      ...process.env,
+      DENO_DIR: join(ROOT, '.deno-dir'),
+      BENCH_CORE: JSON.stringify({ ms: opts.coreMs, runs: opts.runs, consumers: opts.consumers, payloadBytes: opts.payloadBytes }),
+    },
+  });
+  const line = r.stdout?.split('\n').find((l) => l.includes('"scenario":"core"'));
+  if (!line) return { ok: false, error: `core bench failed: ${(r.stderr || r.error?.message || '').slice(-1500)}` };
+  return { ok: true, ...JSON.parse(line) };
+}
+
+// ---- report ----
+
+const fmtRate = (x?: number) => (x === undefined || !Number.isFinite(x) ? '—' : Math.round(x).toLocaleString('en-US'));
+const fmtUs = (x?: number) =>
+  x === undefined || !Number.isFinite(x) ? '—' : x >= 10_000 ? `${(x / 1000).toFixed(1)} ms` : x >= 1000 ? `${(x / 1000).toFixed(2)} ms` : `${Math.round(x)} µs`;
+const fmtPct = (x?: number) => (x === undefined || !Number.isFinite(x) ? '—' : `${Math.round(x * 100)}%`);
+const fmtBytes = (x?: number) => (x === undefined || !Number.isFinite(x) ? '—' : x >= 1024 ? `${(x / 1024).toFixed(1)} KiB` : `${Math.round(x)} B`);
+const fmtRatio = (x?: number) => (x === undefined || !Number.isFinite(x) ? '—' : `${x.toFixed(2)}×`);
+
+function table(rows: string[][]): string {
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r, k) => r.map((c, i) => (i < 3 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ') + (k === 0 ? '\n' + w.map((x) => '-'.repeat(x)).join('  ') : '')).join('\n');
+}
+
+interface Summary {
+  runtime: Runtime;
+  scenario: Scenario;
+  server: Kind;
+  runs: number;
+  failed: number;
+  rate?: number;
+  p50Us?: number;
+  p99Us?: number;
+  clientCpu?: number;
+  serverCpu?: number;
+  bytesPerConn?: number;
+  connectSeconds?: number;
+  clientSaturated: boolean;
+  errors: string[];
+}
+
+interface Target {
+  runtime: Runtime;
+  scenario: Scenario;
+  metric: string;
+  ratio: number;
+  goal: string;
+  met: boolean;
+}
+
+function summarize(rows: Row[]): Summary[] {
+  const out: Summary[] = [];
+  const keys = new Set(rows.map((r) => `${r.runtime}|${r.scenario}|${r.server}`));
+  for (const k of keys) {
+    const [runtime, scenario, server] = k.split('|') as [Runtime, Scenario, Kind];
+    const rs = rows.filter((r) => r.runtime === runtime && r.scenario === scenario && r.server === server);
+    const ok = rs.filter((r) => r.ok);
+    const med = (f: (r: Row) => number | undefined) => (ok.length ? median(ok.map((r) => f(r) ?? NaN)) : undefined);
+    out.push({
+      runtime,
+      scenario,
+      server,
+      runs: rs.length,
+      failed: rs.length - ok.length,
+      rate: med((r) => r.rate),
+      p50Us: med((r) => r.p50Us),
+      p99Us: med((r) => r.p99Us),
+      clientCpu: med((r) => r.clientCpu),
+      serverCpu: med((r) => r.serverCpu),
+      bytesPerConn: med((r) => r.bytesPerConn),
+      connectSeconds: med((r) => r.connectSeconds),
+      clientSaturated: ok.some((r) => r.clientSaturated),
+      errors: [...new Set(rs.filter((r) => r.error).map((r) => r.error!))].slice(0, 3),
+    });
+  }
+  return out;
+}
+
+function targets(sums: Summary[]): Target[] {
+  const t: Target[] = [];
+  const get = (rt: Runtime, sc: Scenario, k: Kind) => sums.find((s) => s.runtime === rt && s.scenario === sc && s.server === k);
+  for (const rt of ALL_RUNTIMES) {
+    const pair = (sc: Scenario) => [get(rt, sc, 'baseline'), get(rt, sc, 'nerve')] as const;
+    const add = (sc: Scenario, metric: string, f: (s: Summary) => number | undefined, goal: number, higherIsBetter: boolean) => {
+      const [b, n] = pair(sc);
+      if (!b || !n) return;
+      const ratio = (f(n) ?? NaN) / (f(b) ?? NaN);
+      if (!Number.isFinite(ratio)) return;
+      t.push({ runtime: rt, scenario: sc, metric, ratio, goal: `${higherIsBetter ? '≥' : '≤'} ${goal}`, met: higherIsBetter ? ratio >= goal : ratio <= goal });
+    };
+    add('pairs', 'msg/s', (s) => s.rate, 0.8, true);
+    add('fanout', 'deliveries/s', (s) => s.rate, 0.8, true);
+    add('latency', 'p50', (s) => s.p50Us, 1.25, false);
+    add('connections', 'RSS/conn', (s) => s.bytesPerConn, 1.5, false);
+  }
+  return t;
+}
+
+function report(rows: Row[], core: Record<string, any>, opts: Options): { text: string; summaries: Summary[]; targets: Target[] } {
+  const sums = summarize(rows);
+  const lines: string[] = [];
+  const head = ['runtime', 'scenario', 'server', 'throughput', 'p50', 'p99', 'memory/conn', 'client cpu', 'server cpu', 'runs', 'notes'];
+  const body: string[][] = [head];
+  for (const s of sums) {
+    const unit = s.scenario === 'pairs' ? ' msg/s' : s.scenario === 'fanout' ? ' deliv/s' : s.scenario === 'latency' ? ' msg/s' : ' conn/s';
+    const notes = [
+      s.clientSaturated ? 'CLIENT SATURATED' : '',
+      s.failed ? `${s.failed} failed` : '',
+      s.scenario === 'connections' && s.connectSeconds !== undefined ? `connect ${s.connectSeconds.toFixed(2)} s` : '',
+      ...s.errors.map((e) => e.split('\n')[0].slice(0, 120)),
+    ].filter(Boolean);
+    body.push([
+      s.runtime,
+      s.scenario,
+      s.server,
+      s.rate === undefined ? '—' : fmtRate(s.rate) + unit,
+      fmtUs(s.p50Us),
+      fmtUs(s.p99Us),
+      s.scenario === 'connections' ? fmtBytes(s.bytesPerConn) : '',
+      fmtPct(s.clientCpu),
+      s.scenario === 'connections' ? '' : fmtPct(s.serverCpu),
+      String(s.runs),
+      notes.join('; '),
+    ]);
+  }
+  lines.push(table(body));
+  const t = targets(sums);
+  if (t.length) {
+    lines.push('');
+    lines.push(table([['runtime', 'scenario', 'metric', 'Nerve ÷ baseline', 'target', 'met'], ...t.map((x) => [x.runtime, x.scenario, x.metric, fmtRatio(x.ratio), x.goal, x.met ? 'yes' : 'NO'])]));
+  }
+  const coreRows: string[][] = [['runtime', 'core case', '', 'step inputs/s', 'deliveries/s', 'JSON floor/s', 'step ÷ JSON']];
+  for (const [rt, c] of Object.entries(core)) {
+    if (!c.ok) {
+      coreRows.push([rt, 'core', '', '—', '—', '—', c.error.split('\n')[0].slice(0, 80)]);
+      continue;
+    }
+    for (const k of c.cases) coreRows.push([rt, k.case, '', fmtRate(k.coreOpsPerSec), fmtRate(k.coreDeliveriesPerSec), fmtRate(k.jsonOpsPerSec), fmtRatio(k.ratio)]);
+  }
+  if (coreRows.length > 1) lines.push('', table(coreRows));
+  lines.push('', `medians of ${opts.runs} run(s) each; server on core 0, load client on core 1${hasTaskset ? '' : ' (taskset missing: NOT pinned)'}`);
+  return { text: lines.join('\n'), summaries: sums, targets: t };
+}
+
+// ---- main ----
+
+async function main() {
+  const opts = options();
+  const started = Date.now();
+  const versions: Record<string, string | null> = {};
+  for (const rt of opts.runtimes) versions[rt] = runtimeAvailable(rt);
+  const rows: Row[] = [];
+  const core: Record<string, any> = {};
+  const say = (s: string) => process.stderr.write(s + '\n');
+  say(`bench: runtimes ${opts.runtimes.join(',')}; scenarios ${opts.scenarios.join(',')}; ${opts.runs} run(s)${opts.smoke ? ' (smoke)' : ''}`);
+
+  for (const rt of opts.runtimes) {
+    if (!versions[rt]) {
+      say(`${rt}: runtime not available, skipped`);
+      continue;
+    }
+    const kinds = opts.servers.filter((k) => {
+      const ok = serverCommand(rt, k, opts) !== null;
+      if (!ok) say(`${rt}: no ${k === 'nerve' ? `adapters/${rt}.ts` : `bench/baseline/${rt}.ts`} yet, ${k} skipped`);
+      return ok;
+    });
+    for (const sc of opts.scenarios) {
+      if (sc === 'core') {
+        say(`${rt} core…`);
+        core[rt] = await coreRun(rt, opts);
+        continue;
+      }
+      for (let run = 0; run < opts.runs; run++) {
+        // Alternate who goes first so drift (thermal, page cache, neighbours) hits both alike.
+        const order = run % 2 === 0 ? kinds : [...kinds].reverse();
+        for (const k of order) {
+          const row = await socketRun(rt, sc, k, run, opts);
+          rows.push(row);
+          say(
+            `${rt} ${sc} ${k} #${run + 1}: ` +
+              (row.ok
+                ? sc === 'connections'
+                  ? `${fmtBytes(row.bytesPerConn)}/conn, connect ${row.connectSeconds?.toFixed(2)} s`
+                  : `${fmtRate(row.rate)}/s p50 ${fmtUs(row.p50Us)} p99 ${fmtUs(row.p99Us)} client ${fmtPct(row.clientCpu)} server ${fmtPct(row.serverCpu)}`
+                : `FAILED ${row.error?.split('\n')[0]}`),
+          );
+        }
+      }
+    }
+  }
+
+  const { text, summaries, targets: t } = report(rows, core, opts);
+  console.log(text);
+  const result = {
+    when: new Date().toISOString(),
+    seconds: (Date.now() - started) / 1000,
+    machine: { cpu: cpus()[0]?.model, cores: cpus().length, memoryBytes: totalmem(), taskset: hasTaskset, versions },
+    options: opts,
+    summaries,
+    targets: t,
+    core,
+    rows,
+  };
+  const out = opts.out ? resolve(opts.out) : join(ROOT, 'bench/results', `bench-${result.when.replace(/[:.]/g, '-')}.json`);
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, JSON.stringify(result, null, 2));
+  if (!opts.out) writeFileSync(join(ROOT, 'bench/results/latest.json'), JSON.stringify(result, null, 2));
+  say(`results: ${out} (${result.seconds.toFixed(0)} s)`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
