@@ -4,7 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { NerveError } from '../../src/client/index.ts';
-import { startServer, type RunningServer } from '../support/server.ts';
+import { RUNTIMES, startServer, type RunningServer } from '../support/server.ts';
 import { closeAll, collect, controlledSocket, makeClient, nextState } from './helpers.ts';
 
 const fastServer = {
@@ -28,9 +28,14 @@ async function httpDispatch(server: RunningServer, body: object): Promise<{ deli
  * process and cannot forward SIGKILL, so the signal goes to that child.
  */
 async function crash(server: RunningServer): Promise<void> {
-  const pids = execFileSync('pgrep', ['-P', String(server.child.pid)], { encoding: 'utf8' }).trim().split('\n');
-  for (const pid of pids) process.kill(Number(pid), 'SIGKILL');
-  await server.stop();
+  let children: string[] = [];
+  try {
+    children = execFileSync('pgrep', ['-P', String(server.child.pid)], { encoding: 'utf8' }).trim().split('\n');
+  } catch {
+    // no child process: the server is the process itself
+  }
+  for (const pid of children) process.kill(Number(pid), 'SIGKILL');
+  await server.stop(children.length > 0 ? 'SIGTERM' : 'SIGKILL');
 }
 
 async function workerOf(server: RunningServer): Promise<string> {
@@ -40,10 +45,10 @@ async function workerOf(server: RunningServer): Promise<string> {
 
 afterEach(closeAll);
 
-describe('client SDK against a shared server', () => {
+describe.each(RUNTIMES)('client SDK against a %s server', (runtime) => {
   let server: RunningServer;
   beforeAll(async () => {
-    server = await startServer('node', fastServer);
+    server = await startServer(runtime, fastServer);
   });
   afterAll(() => server.stop());
 
@@ -157,10 +162,10 @@ describe('client SDK against a shared server', () => {
   });
 });
 
-describe('client SDK across server restarts', () => {
+describe.each(RUNTIMES)('client SDK across %s server restarts', (runtime) => {
   const servers: RunningServer[] = [];
   const start = async (env: Record<string, string> = {}) => {
-    const server = await startServer('node', { ...fastServer, ...env });
+    const server = await startServer(runtime, { ...fastServer, ...env });
     servers.push(server);
     return server;
   };
