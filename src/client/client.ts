@@ -155,7 +155,8 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     if (this.#state === 'closed') return Promise.reject(new NerveError('CLOSED', 'the client is closed'));
     const ready = new Promise<void>((resolve, reject) => this.#connectWaiters.push({ resolve, reject }));
     if (this.#state === 'idle') {
-      this.#setState('connecting', {});
+      this.#state = 'connecting';
+      this.#emitState('connecting', {});
       if (this.#connectTimeout > 0) {
         this.#connectTimer = setTimeout(() => {
           const error = new NerveError('CONNECT_TIMEOUT', `no WELCOME from ${this.#url} within ${this.#connectTimeout} ms`);
@@ -549,11 +550,6 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     if (this.#settled.size > SETTLED_NONCES_KEPT) {
       this.#settled.delete(this.#settled.values().next().value!);
     }
-  }
-
-  #setState(state: ConnectionState, info: StateInfo): void {
-    this.#state = state;
-    this.#emitState(state, info);
   }
 
   #emitState(state: ConnectionState, info: StateInfo): void {
