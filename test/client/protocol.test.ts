@@ -4,7 +4,7 @@
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { WebSocketServer, type WebSocket as ServerSocket } from 'ws';
-import { NerveError } from '../../src/client/index.ts';
+import { NerveClient, NerveError } from '../../src/client/index.ts';
 import { closeAll, collect, makeClient, nextState } from './helpers.ts';
 
 interface Received {
@@ -70,6 +70,16 @@ function nextConnection(): Promise<ScriptedConnection> {
   return new Promise((resolve) => connectionWaiters.push(resolve));
 }
 
+/** connect() through a full handshake; resolves once the client is ready. */
+async function connectClient(client: NerveClient<any, any>, heartbeatInterval?: number) {
+  const accepted = nextConnection();
+  const ready = client.connect();
+  const connection = await accepted;
+  const identify = await connection.handshake(heartbeatInterval);
+  await ready;
+  return { connection, identify };
+}
+
 beforeEach(async () => {
   connections = [];
   connectionWaiters = [];
@@ -92,11 +102,7 @@ afterEach(async () => {
 describe('client protocol', () => {
   it('identifies with its metadata and heartbeats with the exact {"op":3} text', async () => {
     const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw', metadata: { region: 'eu' } });
-    const accepted = nextConnection();
-    const ready = client.connect();
-    const connection = await accepted;
-    const identify = await connection.handshake(30);
-    await ready;
+    const { connection, identify } = await connectClient(client, 30);
     expect(identify).toEqual({ app_name: 'gateway', client_id: 'gw-1', password: 'pw', metadata: { region: 'eu' } });
     expect(client.worker).toBe('nerve-abc123');
 
@@ -107,11 +113,7 @@ describe('client protocol', () => {
   it('treats an unacknowledged heartbeat as a dead connection and resumes from the last s', async () => {
     const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw' });
     const events = collect<number>(client, 'TICK');
-    const first = nextConnection();
-    const ready = client.connect();
-    const connection = await first;
-    await connection.handshake(40); // and never ACK a heartbeat
-    await ready;
+    const { connection } = await connectClient(client, 40); // and never ACK a heartbeat
     connection.dispatch('TICK', 1, 1);
     connection.dispatch('TICK', 2, 2);
     await events.until(2);
@@ -132,11 +134,7 @@ describe('client protocol', () => {
   it('accepts s = 1 after a reconnect as a fresh session rather than a duplicate', async () => {
     const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw' });
     const events = collect<string>(client, 'TICK');
-    const first = nextConnection();
-    const ready = client.connect();
-    const connection = await first;
-    await connection.handshake();
-    await ready;
+    const { connection } = await connectClient(client);
     connection.dispatch('TICK', 'old-1', 1);
     connection.dispatch('TICK', 'old-2', 2);
     await events.until(2);
@@ -160,11 +158,7 @@ describe('client protocol', () => {
       metadata: { region: 'eu', load: 1 },
       maxBufferedMessages: 3,
     });
-    const first = nextConnection();
-    const ready = client.connect();
-    const connection = await first;
-    await connection.handshake();
-    await ready;
+    const { connection } = await connectClient(client);
 
     const reconnecting = nextState(client, 'reconnecting');
     connection.socket.terminate();
@@ -193,11 +187,7 @@ describe('client protocol', () => {
 
   it('rejects a request when the ACK says nobody got it, and on timeout', async () => {
     const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw' });
-    const first = nextConnection();
-    const ready = client.connect();
-    const connection = await first;
-    await connection.handshake();
-    await ready;
+    const { connection } = await connectClient(client);
 
     const nobody = client.request('USER_GET', { id: '42' }, { app_name: 'api', mode: 'all' });
     const sent = await connection.next(8);
@@ -212,11 +202,7 @@ describe('client protocol', () => {
   it('hands a request to its handler once and does not mistake a late second reply for an event', async () => {
     const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw' });
     const events = collect(client, 'USER_GET');
-    const first = nextConnection();
-    const ready = client.connect();
-    const connection = await first;
-    await connection.handshake();
-    await ready;
+    const { connection } = await connectClient(client);
 
     const answer = client.request('USER_GET', { id: '42' }, { app_name: 'api', mode: 'all' });
     const { frame } = await connection.next(8);
