@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { NerveError } from '../../src/client/index.ts';
 import { RUNTIMES, startServer, type RunningServer } from '../support/server.ts';
-import { closeAll, collect, controlledSocket, makeClient, nextState } from './helpers.ts';
+import { closeAll, collect, controlledSocket, makeClient, nextState, sleep } from './helpers.ts';
 
 const fastServer = {
   NERVE_HEARTBEAT_INTERVAL: '300',
@@ -71,6 +71,17 @@ describe.each(RUNTIMES)('client SDK against a %s server', (runtime) => {
     const user = await gateway.request('USER_GET', { id: '42' }, { app_name: 'api' }, { timeout: 5_000 });
     expect(user).toEqual({ id: '42', name: 'Ada', tags: ['a', 'b'] });
     expect(seen).toEqual([{ app_name: 'gateway', client_id: 'gw-rr' }]);
+  });
+
+  it('keeps every wire format connected across heartbeat intervals', async () => {
+    const wires = [{}, { compression: 'zlib' }, { format: 'msgpack' }, { format: 'msgpack', compression: 'zlib' }];
+    const clients = await Promise.all(wires.map((wire, i) => connected('gateway', `gw-beat-${i}`, wire)));
+    const changes: string[] = [];
+    for (const client of clients) client.onState((state) => changes.push(state));
+    // Past the 1.5 × interval server timeout several times over: a heartbeat it cannot read would have cost the connection.
+    await sleep(1_200);
+    expect(changes).toEqual([]);
+    expect(clients.map((client) => client.state)).toEqual(['ready', 'ready', 'ready', 'ready']);
   });
 
   it('rejects a request that nobody picks up with NERVE_UNDELIVERABLE once the queue TTL passes', async () => {
