@@ -36,14 +36,16 @@ export const KEEPALIVE: ClientOptions = { heartbeatEvery: 250 };
 
 /**
  * Starts one server for the enclosing describe and stops it afterwards; every
- * client left open by a test is closed with 1000 so its session ends.
+ * client left open by a test is closed with 1000 so its session ends. A
+ * describe.concurrent passes `concurrent` so one test's end does not close
+ * another's clients (its clients are then closed when the describe ends).
  */
-export function useServer(runtime: Runtime, env: Record<string, string> = {}): () => support.RunningServer {
+export function useServer(runtime: Runtime, env: Record<string, string> = {}, options: { concurrent?: boolean } = {}): () => support.RunningServer {
   let server: support.RunningServer | undefined;
   beforeAll(async () => {
     server = await support.startServer(runtime, { ...FAST_ENV, ...env });
   });
-  afterEach(closeAllClients);
+  if (!options.concurrent) afterEach(closeAllClients);
   afterAll(async () => {
     await closeAllClients();
     await server?.stop();
