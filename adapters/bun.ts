@@ -11,10 +11,8 @@ import type { HubSocket } from '../src/host/hub.ts';
 interface SocketData {
   wire: Wire;
   conn: number;
-  /** Frames the hub wrote this turn, not yet handed to Bun. */
-  queue: (string | Uint8Array)[];
+  peer: Peer;
 }
-type Ws = ServerWebSocket<SocketData>;
 
 const booted = boot(process.env, (code) => process.exit(code));
 const { config, hub } = booted;
@@ -22,38 +20,44 @@ const { config, hub } = booted;
 // Bun corks a socket only inside its own callbacks, and a dispatch writes to
 // other sockets; so writes are queued per socket and flushed once per turn,
 // each socket's batch inside one cork (one syscall), as bench/baseline/bun.ts does.
-const pending: Ws[] = [];
-function flush(ws: Ws): void {
-  const queue = ws.data.queue;
-  if (queue.length === 0) return;
-  ws.data.queue = [];
-  ws.cork(() => {
-    for (let i = 0; i < queue.length; i++) ws.send(queue[i]!);
-  });
-}
+const pending: Peer[] = [];
 function flushAll(): void {
-  for (let i = 0; i < pending.length; i++) flush(pending[i]!);
+  for (let i = 0; i < pending.length; i++) pending[i]!.flush();
   pending.length = 0;
 }
-function hubSocket(ws: Ws): HubSocket {
-  return {
-    send(data) {
-      if (ws.data.queue.length === 0) {
-        if (pending.push(ws) === 1) setImmediate(flushAll);
-      }
-      ws.data.queue.push(data);
-    },
-    close(code, reason) {
-      // NO_U_TBH (or GO_AWAY) is queued just before; it must leave before the close frame.
-      flush(ws);
-      ws.close(code, reason);
-    },
-  };
+
+class Peer implements HubSocket {
+  private readonly queue: (string | Uint8Array)[] = [];
+  constructor(private readonly ws: ServerWebSocket<SocketData>) {}
+
+  send(data: string | Uint8Array): void {
+    if (this.queue.length === 0 && pending.push(this) === 1) setImmediate(flushAll);
+    this.queue.push(data);
+  }
+
+  close(code: number, reason: string): void {
+    // NO_U_TBH (or GO_AWAY) is queued just before; it must leave before the close frame.
+    this.flush();
+    this.ws.close(code, reason);
+  }
+
+  flush(): void {
+    const { queue, ws } = this;
+    if (queue.length === 0) return;
+    ws.cork(() => {
+      for (let i = 0; i < queue.length; i++) ws.send(queue[i]!);
+    });
+    queue.length = 0;
+  }
+
+  drop(): void {
+    this.queue.length = 0;
+  }
 }
 
 const app = createHttpApp(hub, (c, wire) => {
   const server = c.env as Server<SocketData>;
-  const data: SocketData = { wire, conn: 0, queue: [] };
+  const data = { wire, conn: 0 } as SocketData;
   if (server.upgrade(c.req.raw, { data })) return new Response(null);
   return c.text('not a valid WebSocket upgrade\n', 400);
 });
@@ -68,14 +72,18 @@ const server = Bun.serve({
     // up to 4× the limit reach the core, which answers 4413 as the protocol says.
     maxPayloadLength: config.maxPayload * 4,
     perMessageDeflate: false,
+    // Liveness is Nerve's heartbeat (4408) on every runtime, not Bun's idle pings.
+    idleTimeout: 0,
     open(ws) {
-      ws.data.conn = hub.open(hubSocket(ws), ws.data.wire);
+      const data = ws.data;
+      data.peer = new Peer(ws);
+      data.conn = hub.open(data.peer, data.wire);
     },
     message(ws, message) {
       hub.receive(ws.data.conn, message);
     },
     close(ws, code) {
-      ws.data.queue = [];
+      ws.data.peer.drop();
       hub.closed(ws.data.conn, code);
     },
   },
