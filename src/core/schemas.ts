@@ -22,7 +22,13 @@ function object(field: string) {
   return v.custom<Record<string, unknown>>(isPlainObject, `${field} must be an object`);
 }
 
-export const IdentifySchema = v.object(
+/** valibot's object() accepts arrays; a frame field that must be an object should not. */
+function strictObject<const E extends v.ObjectEntries>(field: string, entries: E) {
+  return v.pipe(object(field), v.object(entries, `${field} must be an object`));
+}
+
+export const IdentifySchema = strictObject(
+  'd',
   {
     app_name: name('app_name'),
     client_id: name('client_id'),
@@ -33,11 +39,11 @@ export const IdentifySchema = v.object(
       v.pipe(v.number('seq must be a number'), v.safeInteger('seq must be an integer'), v.minValue(0, 'seq must not be negative')),
     ),
   },
-  'd must be an object',
 );
 export type Identify = v.InferOutput<typeof IdentifySchema>;
 
-export const TargetSchema = v.object(
+export const TargetSchema = strictObject(
+  'to',
   {
     app_name: name('to.app_name'),
     client_id: v.optional(name('to.client_id')),
@@ -45,7 +51,6 @@ export const TargetSchema = v.object(
     mode: v.optional(v.picklist(['one', 'all'], 'to.mode must be "one" or "all"')),
     key: v.optional(v.pipe(v.string('to.key must be a string'), v.maxLength(MAX_NAME, `to.key must be at most ${MAX_NAME} characters`))),
   },
-  'to must be an object',
 );
 
 /** A DISPATCH frame (from a socket) or a POST /dispatch body: same fields. */
