@@ -28,6 +28,8 @@ function flushAll(): void {
 
 class Peer implements HubSocket {
   private readonly queue: (string | Uint8Array)[] = [];
+  /** True while inside ws.close(), which runs Bun's close handler synchronously. */
+  closing = false;
   constructor(private readonly ws: ServerWebSocket<SocketData>) {}
 
   send(data: string | Uint8Array): void {
@@ -38,7 +40,9 @@ class Peer implements HubSocket {
   close(code: number, reason: string): void {
     // NO_U_TBH (or GO_AWAY) is queued just before; it must leave before the close frame.
     this.flush();
+    this.closing = true;
     this.ws.close(code, reason);
+    this.closing = false;
   }
 
   flush(): void {
@@ -83,8 +87,12 @@ const server = Bun.serve({
       hub.receive(ws.data.conn, message);
     },
     close(ws, code) {
-      ws.data.peer.drop();
-      hub.closed(ws.data.conn, code);
+      const { peer, conn } = ws.data;
+      peer.drop();
+      // A close the hub asked for lands here while it is still executing that
+      // step's outputs; report it as the next event, not from inside the step.
+      if (peer.closing) queueMicrotask(() => hub.closed(conn, code));
+      else hub.closed(conn, code);
     },
   },
 });
