@@ -26,7 +26,8 @@ const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = (name: string) => `${root}node_modules/.bin/${name}`;
 
 const commands: Record<Runtime, string[]> = {
-  node: [bin('tsx'), 'adapters/node.ts'],
+  // Node 20 runs TypeScript through tsx's loader in-process, so signals (even SIGKILL) reach the server itself.
+  node: [process.execPath, '--import', 'tsx', 'adapters/node.ts'],
   // The same permissions as `npm run start:deno`; DENO_DIR is set below.
   deno: [bin('deno'), 'run', '--allow-net', '--allow-env', '--cached-only', 'adapters/deno.ts'],
   bun: [bin('bun'), 'run', 'adapters/bun.ts'],
