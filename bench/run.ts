@@ -3,13 +3,14 @@
 // baseline/Nerve run by run, and prints medians, ratios and targets.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { LoadConfig } from './load.ts';
 import { median } from './lib/stats.ts';
+import { topSelf } from './profile.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = join(ROOT, 'node_modules/.bin');
@@ -70,6 +71,7 @@ function options() {
     concurrency: num('concurrency', 100, 50),
     holdMs: num('hold-ms', 2000, 300),
     coreMs: num('core-ms', 500, 100),
+    quietWaitMs: num('quiet-wait-ms', 8000, 0),
     out: flag('out'),
   };
 }
@@ -78,22 +80,27 @@ type Options = ReturnType<typeof options>;
 const HELP = `npm run bench -- [flags]   (each flag also reads BENCH_<NAME>, e.g. BENCH_RUNS=5)
   --smoke                seconds-long run with tiny counts (CI)
   --runtimes node,bun,deno   --scenarios pairs,latency,fanout,connections,core
-  --servers baseline,nerve   --runs N (3)          --profile (node --cpu-prof of the Nerve Node server)
+  --servers baseline,nerve   --runs N (3)          --profile (node --cpu-prof of the Node servers, top functions printed)
   --warmup-ms 1000  --measure-ms 3000  --latency-ms 2000  --hold-ms 2000  --core-ms 500
   --pairs 8  --window 500  --consumers 200  --fan-window 32  --payload-bytes 100
-  --connections 5000  --concurrency 100  --out FILE.json`;
+  --connections 5000  --concurrency 100  --out FILE.json
+  --quiet-wait-ms 8000   before each run, wait up to this long for other processes to go quiet`;
 
 // ---- processes ----
 
 const hasTaskset = spawnSync('taskset', ['-c', '0', 'true']).status === 0;
 const pin = (core: number, cmd: string[]) => (hasTaskset ? ['taskset', '-c', String(core), ...cmd] : cmd);
 
-function serverCommand(runtime: Runtime, kind: Kind, opts: Options): string[] | null {
+function profileDir(kind: Kind, scenario: string, run: number): string {
+  return join(ROOT, 'bench/results/profiles', `${kind}-${scenario}-${run + 1}`);
+}
+
+function serverCommand(runtime: Runtime, kind: Kind, opts: Options, prof?: string): string[] | null {
   const entry = kind === 'baseline' ? `bench/baseline/${runtime}.ts` : `adapters/${runtime}.ts`;
   if (!existsSync(join(ROOT, entry))) return null;
   if (runtime === 'node') {
-    const prof = opts.profile && kind === 'nerve' ? ['--cpu-prof', `--cpu-prof-dir=${join(ROOT, 'bench/results/profiles')}`] : [];
-    return [process.execPath, ...prof, '--import', 'tsx', entry];
+    const flags = opts.profile && prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [];
+    return [process.execPath, ...flags, '--import', 'tsx', entry];
   }
   if (runtime === 'bun') return [join(BIN, 'bun'), 'run', entry];
   return [join(BIN, 'deno'), 'run', '-A', entry];
@@ -121,6 +128,17 @@ function cpuSeconds(pid: number): number {
     const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
     return (Number(f[11]) + Number(f[12])) / 100; // fields 14 and 15, in USER_HZ (100 on Linux)
+  } catch {
+    return NaN;
+  }
+}
+
+/** Busy CPU seconds of the whole machine (all cores), from /proc/stat. */
+function machineBusySeconds(): number {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait is busy.
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / 100;
   } catch {
     return NaN;
   }
@@ -213,6 +231,8 @@ async function stopServer(s: Server): Promise<void> {
 interface LoadOutcome {
   result: any;
   serverCpu?: number;
+  /** Cores busy during the window, machine-wide: what is not server or client is a neighbour. */
+  machineCpu?: number;
   rssBefore?: number;
   rssAfter?: number;
 }
@@ -223,6 +243,7 @@ function runLoad(server: Server, cfg: LoadConfig): Promise<LoadOutcome> {
     const proc = spawn(cmd[0], cmd.slice(1), { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
     const outcome: LoadOutcome = { result: null };
     let cpu0 = 0;
+    let busy0 = 0;
     let t0 = 0;
     let stderr = '';
     const timer = setTimeout(() => proc.kill('SIGKILL'), cfg.deadlineMs + 10_000);
@@ -236,9 +257,12 @@ function runLoad(server: Server, cfg: LoadConfig): Promise<LoadOutcome> {
       }
       if (ev.event === 'window-start') {
         cpu0 = cpuSeconds(server.pid);
+        busy0 = machineBusySeconds();
         t0 = performance.now();
       } else if (ev.event === 'window-end') {
-        outcome.serverCpu = (cpuSeconds(server.pid) - cpu0) / ((performance.now() - t0) / 1000);
+        const secs = (performance.now() - t0) / 1000;
+        outcome.serverCpu = (cpuSeconds(server.pid) - cpu0) / secs;
+        outcome.machineCpu = (machineBusySeconds() - busy0) / secs;
       } else if (ev.event === 'before') {
         outcome.rssBefore = rss(server.pid);
         proc.stdin!.write('\n');
@@ -256,6 +280,21 @@ function runLoad(server: Server, cfg: LoadConfig): Promise<LoadOutcome> {
   });
 }
 
+/**
+ * Other work on this machine skews every figure; before a run, wait (bounded)
+ * until less than half a core is busy. Returns the busy cores last seen.
+ */
+async function waitForQuiet(maxMs: number): Promise<number> {
+  const until = Date.now() + maxMs;
+  for (;;) {
+    const b0 = machineBusySeconds();
+    await new Promise((r) => setTimeout(r, 300));
+    const busy = (machineBusySeconds() - b0) / 0.3;
+    if (busy < 0.5 || Date.now() >= until) return busy;
+    await new Promise((r) => setTimeout(r, 700));
+  }
+}
+
 // ---- one measured run ----
 
 interface Row {
@@ -270,6 +309,8 @@ interface Row {
   p99Us?: number;
   clientCpu?: number;
   serverCpu?: number;
+  /** CPU (in cores) used during the window by processes other than this server and client. */
+  otherCpu?: number;
   clientSaturated?: boolean;
   lost?: number;
   errorCount?: number;
@@ -282,7 +323,8 @@ interface Row {
 
 async function socketRun(runtime: Runtime, scenario: Exclude<Scenario, 'core'>, kind: Kind, run: number, opts: Options): Promise<Row> {
   const base = { runtime, scenario, server: kind, run };
-  const cmd = serverCommand(runtime, kind, opts)!;
+  const prof = runtime === 'node' && opts.profile ? profileDir(kind, scenario, run) : undefined;
+  const cmd = serverCommand(runtime, kind, opts, prof)!;
   const env: Record<string, string> = { NERVE_PORT: '0', NERVE_HOST: '127.0.0.1', NERVE_PASSWORD: PASSWORD };
   // Short enough that idle connections really heartbeat while they are held.
   if (scenario === 'connections') env.NERVE_HEARTBEAT_INTERVAL = '2000';
@@ -318,6 +360,7 @@ async function socketRun(runtime: Runtime, scenario: Exclude<Scenario, 'core'>, 
       p99Us: r.p99Us,
       clientCpu: r.clientCpu,
       serverCpu: o.serverCpu,
+      otherCpu: o.machineCpu === undefined ? undefined : Math.max(0, o.machineCpu - (o.serverCpu ?? 0) - r.clientCpu),
       clientSaturated: scenario !== 'connections' && r.clientCpu > 0.9,
       lost: r.lost,
       errorCount: r.errorCount,
@@ -336,7 +379,20 @@ async function socketRun(runtime: Runtime, scenario: Exclude<Scenario, 'core'>, 
     return { ...base, ok: false, error: String((err as Error).message ?? err).slice(0, 2000) };
   } finally {
     if (server) await stopServer(server);
+    if (prof) printProfile(prof);
   }
+}
+
+/** The top self-time functions of the main thread's profile (the largest file; tsx adds a loader thread). */
+function printProfile(dir: string): void {
+  if (!existsSync(dir)) return;
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith('.cpuprofile'))
+    .map((f) => join(dir, f))
+    .sort((a, b) => statSync(b).size - statSync(a).size);
+  if (!files.length) return;
+  process.stderr.write(`  profile ${files[0]}\n`);
+  for (const r of topSelf(files[0], 15)) process.stderr.write(`  ${r.pct.toFixed(1).padStart(5)}%  ${r.name}  ${r.where}\n`);
 }
 
 async function coreRun(runtime: Runtime, opts: Options): Promise<any> {
@@ -388,6 +444,7 @@ interface Summary {
   p99Us?: number;
   clientCpu?: number;
   serverCpu?: number;
+  otherCpu?: number;
   bytesPerConn?: number;
   connectSeconds?: number;
   clientSaturated: boolean;
@@ -422,6 +479,7 @@ function summarize(rows: Row[]): Summary[] {
       p99Us: med((r) => r.p99Us),
       clientCpu: med((r) => r.clientCpu),
       serverCpu: med((r) => r.serverCpu),
+      otherCpu: med((r) => r.otherCpu),
       bytesPerConn: med((r) => r.bytesPerConn),
       connectSeconds: med((r) => r.connectSeconds),
       clientSaturated: ok.some((r) => r.clientSaturated),
@@ -439,8 +497,11 @@ function targets(sums: Summary[]): Target[] {
     const add = (sc: Scenario, metric: string, f: (s: Summary) => number | undefined, goal: number, higherIsBetter: boolean) => {
       const [b, n] = pair(sc);
       if (!b || !n) return;
-      const ratio = (f(n) ?? NaN) / (f(b) ?? NaN);
-      if (!Number.isFinite(ratio)) return;
+      const nb = f(b) ?? NaN;
+      const nn = f(n) ?? NaN;
+      // A memory delta at or below zero (tiny smoke counts, GC in between) has no meaningful ratio.
+      if (!(nb > 0 && nn > 0)) return;
+      const ratio = nn / nb;
       t.push({ runtime: rt, scenario: sc, metric, ratio, goal: `${higherIsBetter ? '≥' : '≤'} ${goal}`, met: higherIsBetter ? ratio >= goal : ratio <= goal });
     };
     add('pairs', 'msg/s', (s) => s.rate, 0.8, true);
@@ -454,7 +515,7 @@ function targets(sums: Summary[]): Target[] {
 function report(rows: Row[], core: Record<string, any>, opts: Options): { text: string; summaries: Summary[]; targets: Target[] } {
   const sums = summarize(rows);
   const lines: string[] = [];
-  const head = ['runtime', 'scenario', 'server', 'throughput', 'p50', 'p99', 'memory/conn', 'client cpu', 'server cpu', 'runs', 'notes'];
+  const head = ['runtime', 'scenario', 'server', 'throughput', 'p50', 'p99', 'memory/conn', 'client cpu', 'server cpu', 'others cpu', 'runs', 'notes'];
   const body: string[][] = [head];
   for (const s of sums) {
     const unit = s.scenario === 'pairs' ? ' msg/s' : s.scenario === 'fanout' ? ' deliv/s' : s.scenario === 'latency' ? ' msg/s' : ' conn/s';
@@ -474,6 +535,7 @@ function report(rows: Row[], core: Record<string, any>, opts: Options): { text: 
       s.scenario === 'connections' ? fmtBytes(s.bytesPerConn) : '',
       fmtPct(s.clientCpu),
       s.scenario === 'connections' ? '' : fmtPct(s.serverCpu),
+      s.scenario === 'connections' ? '' : fmtPct(s.otherCpu),
       String(s.runs),
       notes.join('; '),
     ]);
@@ -493,7 +555,11 @@ function report(rows: Row[], core: Record<string, any>, opts: Options): { text: 
     for (const k of c.cases) coreRows.push([rt, k.case, '', fmtRate(k.coreOpsPerSec), fmtRate(k.coreDeliveriesPerSec), fmtRate(k.jsonOpsPerSec), fmtRatio(k.ratio)]);
   }
   if (coreRows.length > 1) lines.push('', table(coreRows));
-  lines.push('', `medians of ${opts.runs} run(s) each; server on core 0, load client on core 1${hasTaskset ? '' : ' (taskset missing: NOT pinned)'}`);
+  lines.push(
+    '',
+    `medians of ${opts.runs} run(s) each; server on core 0, load client on core 1${hasTaskset ? '' : ' (taskset missing: NOT pinned)'}; ` +
+      `"others cpu" is what the rest of the machine used during the window (in cores): above ~20% the figures are disturbed`,
+  );
   return { text: lines.join('\n'), summaries: sums, targets: t };
 }
 
@@ -522,6 +588,7 @@ async function main() {
     for (const sc of opts.scenarios) {
       if (sc === 'core') {
         say(`${rt} core…`);
+        if (opts.quietWaitMs) await waitForQuiet(opts.quietWaitMs);
         core[rt] = await coreRun(rt, opts);
         continue;
       }
@@ -529,6 +596,7 @@ async function main() {
         // Alternate who goes first so drift (thermal, page cache, neighbours) hits both alike.
         const order = run % 2 === 0 ? kinds : [...kinds].reverse();
         for (const k of order) {
+          if (opts.quietWaitMs) await waitForQuiet(opts.quietWaitMs);
           const row = await socketRun(rt, sc, k, run, opts);
           rows.push(row);
           say(
@@ -536,7 +604,7 @@ async function main() {
               (row.ok
                 ? sc === 'connections'
                   ? `${fmtBytes(row.bytesPerConn)}/conn, connect ${row.connectSeconds?.toFixed(2)} s`
-                  : `${fmtRate(row.rate)}/s p50 ${fmtUs(row.p50Us)} p99 ${fmtUs(row.p99Us)} client ${fmtPct(row.clientCpu)} server ${fmtPct(row.serverCpu)}`
+                  : `${fmtRate(row.rate)}/s p50 ${fmtUs(row.p50Us)} p99 ${fmtUs(row.p99Us)} client ${fmtPct(row.clientCpu)} server ${fmtPct(row.serverCpu)} others ${fmtPct(row.otherCpu)}`
                 : `FAILED ${row.error?.split('\n')[0]}`),
           );
         }
