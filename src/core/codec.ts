@@ -9,7 +9,7 @@ import type { Wire } from './protocol.ts';
 // useRecords would add a msgpackr-only extension; clients in other languages
 // must be able to read every frame.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
-const utf8Decoder = new TextDecoder('utf-8', { fatal: true });
+const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
 const utf8Encoder = new TextEncoder();
 
 export class DecodeError extends Error {

@@ -123,7 +123,7 @@ export class Hub {
         new Promise<void>((resolve) => this.idleWaiters.push(resolve)),
         new Promise<void>((resolve) => (timeout = setTimeout(resolve, drainTimeout))),
       ]);
-      clearTimeout(timeout);
+      if (timeout !== undefined) clearTimeout(timeout);
     }
     this.arm(undefined);
   }
@@ -172,7 +172,7 @@ export class Hub {
   }
 
   private armTimeout(at: number | undefined): void {
-    clearTimeout(this.timer);
+    if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     if (at === undefined) return;
     // Timers fire a little late on every runtime; never early, so one tick handles the deadline.
