@@ -16,19 +16,20 @@ const { config, hub } = booted;
 // up to 4× the limit reach the core, which answers 4413 as the protocol says.
 const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxPayload * 4, perMessageDeflate: false });
 
-/** Frames written in one event-loop turn leave in one syscall per socket. */
+/** Sockets with writes held back this event-loop turn; one syscall each when it ends. */
+const corked: Socket[] = [];
+const uncorkAll = () => {
+  for (const raw of corked) raw.uncork();
+  corked.length = 0;
+};
+
 function batchedSocket(ws: WebSocket): HubSocket {
   const raw = (ws as unknown as { _socket: Socket })._socket;
-  let corked = false;
   return {
     send(data) {
-      if (!corked) {
-        corked = true;
+      if (raw.writableCorked === 0) {
         raw.cork();
-        setImmediate(() => {
-          corked = false;
-          raw.uncork();
-        });
+        if (corked.push(raw) === 1) setImmediate(uncorkAll);
       }
       ws.send(data);
     },

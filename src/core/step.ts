@@ -36,7 +36,7 @@ import {
 } from './protocol.ts';
 import { passwordMatches } from './password.ts';
 import { compileQuery, QueryError, type MetadataTest } from './query.ts';
-import { DispatchSchema, IdentifySchema, isPlainObject, validate, type Dispatch } from './schemas.ts';
+import { IdentifySchema, isPlainObject, validate, validateDispatch, type Dispatch } from './schemas.ts';
 import { forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type Conn, type Session, type State } from './state.ts';
 import { closeConn, createRouted, fail, send, sendHeartbeatAck, sendRouted } from './wire.ts';
 
@@ -334,7 +334,7 @@ function aboutMe(state: State, out: Output[], conn: Conn, session: Session, payl
 
 /** Validates a dispatch body and compiles its query; the error text names the field. */
 function parseDispatch(body: unknown): { ok: true; value: Dispatch; test?: MetadataTest } | { ok: false; error: string } {
-  const parsed = validate(DispatchSchema, body);
+  const parsed = validateDispatch(body);
   if (!parsed.ok) return parsed;
   const query = parsed.value.to.query;
   if (query === undefined) return parsed;
