@@ -1,8 +1,7 @@
 // Frame encoding for the client side of each wire format: JSON text, msgpack,
 // and either one deflated per frame with zlib. Mirrors what the server accepts.
 
-import { unzlibSync, zlibSync } from 'fflate';
-import { Packr } from 'msgpackr';
+import { decodeFrame, encodeFrame } from '../core/codec.ts';
 import { HEARTBEAT_FRAME, type Compression, type Format } from '../core/protocol.ts';
 
 export interface Frame {
@@ -26,9 +25,6 @@ export interface Codec {
   readonly heartbeat: Encoded;
 }
 
-const utf8Encoder = new TextEncoder();
-const utf8Decoder = new TextDecoder();
-
 function toBytes(data: unknown): Uint8Array {
   if (data instanceof Uint8Array) return data;
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
@@ -36,37 +32,20 @@ function toBytes(data: unknown): Uint8Array {
   throw new Error('unsupported frame data type');
 }
 
+/** The server's own codecs: both sides of the wire encode alike by construction. */
 export function createCodec(format: Format, compression: Compression): Codec {
-  // Plain msgpack maps, no msgpackr record extension: the same settings as the server.
-  const packr = format === 'msgpack' ? new Packr({ useRecords: false, mapsAsObjects: true }) : undefined;
-  const zlib = compression === 'zlib';
-
-  const serialize = (frame: Frame): string | Uint8Array => {
-    if (packr) return packr.pack(frame);
-    const text = JSON.stringify(frame);
-    return zlib ? utf8Encoder.encode(text) : text;
-  };
-
-  const encode = (frame: Frame): Encoded => {
-    const body = serialize(frame);
-    return (zlib ? zlibSync(body as Uint8Array) : body) as Encoded;
-  };
+  const wire = { format, compression };
+  const encode = (frame: Frame): Encoded => encodeFrame(frame, wire) as Encoded;
 
   const decode = (data: unknown): Frame => {
-    let value: unknown;
-    if (typeof data === 'string') {
-      value = JSON.parse(data);
-    } else {
-      let bytes = toBytes(data);
-      if (zlib) bytes = unzlibSync(bytes);
-      value = packr ? packr.unpack(bytes) : JSON.parse(utf8Decoder.decode(bytes));
-    }
+    // Frames from the server are trusted in size; the server bounds what it sends.
+    const value = decodeFrame(typeof data === 'string' ? data : toBytes(data), wire, Infinity);
     if (typeof value !== 'object' || value === null || !Number.isInteger((value as Frame).op)) {
       throw new Error('frame is not an object with an integer op');
     }
     return value as Frame;
   };
 
-  const heartbeat = !packr && !zlib ? HEARTBEAT_FRAME : encode({ op: 3 });
+  const heartbeat = format === 'json' && compression === 'none' ? HEARTBEAT_FRAME : encode({ op: 3 });
   return { encode, decode, heartbeat };
 }
