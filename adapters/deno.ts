@@ -8,6 +8,26 @@ import { createHttpApp } from '../src/host/http.ts';
 const booted = boot(Deno.env.toObject(), (code) => Deno.exit(code));
 const { config, hub } = booted;
 
+// Deno ends a server socket at once, without a close frame and often with a TCP
+// reset, when any frame arrives after close() (the CLOSING check in its
+// ext/websocket event loop). A peer that just broke a rule usually has frames
+// in flight, so the close is sent once the peer has been quiet for QUIET_MS
+// (its frames meanwhile are ones the core ignores anyway), or after LINGER_MS.
+const QUIET_MS = 20;
+const LINGER_MS = 1_000;
+
+function closeWhenQuiet(socket: WebSocket, code: number, reason: string): void {
+  const since = Date.now();
+  let lastFrame = since;
+  socket.onmessage = () => (lastFrame = Date.now());
+  const check = () => {
+    const now = Date.now();
+    if (now - lastFrame >= QUIET_MS || now - since >= LINGER_MS) socket.close(code, reason);
+    else setTimeout(check, QUIET_MS - (now - lastFrame));
+  };
+  setTimeout(check, QUIET_MS);
+}
+
 // Deno has no per-socket payload limit to set; it accepts frames up to its own
 // built-in maximum and the core answers anything over NERVE_MAX_PAYLOAD with 4413.
 const app = createHttpApp(hub, (c, wire) => {
@@ -25,9 +45,8 @@ const app = createHttpApp(hub, (c, wire) => {
   socket.onopen = () => {
     conn = hub.open(
       {
-        // Deno throws on send after the peer's close frame; the close event is already on its way.
-        send: (data) => socket.readyState === WebSocket.OPEN && socket.send(data),
-        close: (code, reason) => socket.close(code, reason),
+        send: (data) => socket.send(data),
+        close: (code, reason) => closeWhenQuiet(socket, code, reason),
       },
       wire,
     );
@@ -44,7 +63,7 @@ const app = createHttpApp(hub, (c, wire) => {
   return response;
 });
 
-const server = Deno.serve(
+Deno.serve(
   { port: config.port, hostname: config.host, onListen: ({ port }) => announce(booted, port, 'deno') },
   app.fetch,
 );
@@ -52,6 +71,9 @@ const server = Deno.serve(
 onSignals(
   booted,
   (signal, handler) => Deno.addSignalListener(signal as Deno.Signal, handler),
-  () => setTimeout(() => void server.shutdown(), 0),
+  // Not server.shutdown(): it would close the upgraded sockets itself (1001,
+  // "Server shutting down") ahead of GO_AWAY's delayed close. While draining,
+  // upgrades are refused with 503 and /health says 503; exit closes the listener.
+  () => {},
   (code) => Deno.exit(code),
 );
