@@ -11,19 +11,25 @@ const { config, hub } = booted;
 // Deno ends a server socket at once, without a close frame and often with a TCP
 // reset, when any frame arrives after close() (the CLOSING check in its
 // ext/websocket event loop). A peer that just broke a rule usually has frames
-// in flight, so the close is sent once the peer has been quiet for QUIET_MS
-// (its frames meanwhile are ones the core ignores anyway), or after LINGER_MS.
+// in flight, so the close frame waits until two checks QUIET_MS apart saw no
+// new frame (LINGER_MS at most); their frames are ones the core ignores anyway.
+// Two checks, not one interval of wall time: after a stall the timer can run
+// before the frames that arrived meanwhile are read, and the second check
+// comes after at least one full turn of reading.
 const QUIET_MS = 20;
 const LINGER_MS = 1_000;
 
 function closeWhenQuiet(socket: WebSocket, code: number, reason: string): void {
   const since = Date.now();
-  let lastFrame = since;
-  socket.onmessage = () => (lastFrame = Date.now());
+  let frames = 0;
+  let seen = 0;
+  let quietChecks = 0;
+  socket.onmessage = () => frames++;
   const check = () => {
-    const now = Date.now();
-    if (now - lastFrame >= QUIET_MS || now - since >= LINGER_MS) socket.close(code, reason);
-    else setTimeout(check, QUIET_MS - (now - lastFrame));
+    quietChecks = frames === seen ? quietChecks + 1 : 0;
+    seen = frames;
+    if (quietChecks >= 2 || Date.now() - since >= LINGER_MS) socket.close(code, reason);
+    else setTimeout(check, QUIET_MS);
   };
   setTimeout(check, QUIET_MS);
 }
