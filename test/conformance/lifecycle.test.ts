@@ -4,7 +4,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { TestClient } from './client.ts';
-import { connect, dispatchFrame, expectError, HEARTBEAT_INTERVAL, identified, RUNTIMES, uid, useServer } from './harness.ts';
+import { connect, dispatchFrame, eventually, expectError, HEARTBEAT_INTERVAL, identified, RUNTIMES, uid, useServer } from './harness.ts';
 
 const QUIET = { heartbeatEvery: 0 };
 
@@ -12,23 +12,34 @@ for (const runtime of RUNTIMES) {
   describe(`${runtime}: §4 lifecycle`, () => {
     const server = useServer(runtime);
 
-    it('HELLO announces the heartbeat interval and a worker id that is in every log line', async () => {
+    it('HELLO announces the heartbeat interval and a worker id', async () => {
       const { hello } = await connect(server());
       expect(Object.keys(hello).sort()).toEqual(['d', 'op']);
       expect(Object.keys(hello.d).sort()).toEqual(['heartbeat_interval', 'worker']);
       expect(hello.d.heartbeat_interval).toBe(HEARTBEAT_INTERVAL);
       expect(hello.d.worker).toMatch(/^nerve-[0-9a-f]{6}$/);
-      const logs = server()
-        .lines.map((line) => {
+    });
+
+    it('the worker id of HELLO is in every log line, including the one an IDENTIFY writes', async () => {
+      const app = uid('logged');
+      const { hello } = await connect(server());
+      await identified(server(), app, 'c');
+      const entries = () =>
+        server().lines.flatMap((line) => {
           try {
-            return JSON.parse(line);
+            const entry = JSON.parse(line.slice(line.indexOf('{')));
+            return entry && typeof entry === 'object' ? [entry] : [];
           } catch {
-            return undefined;
+            return [];
           }
-        })
-        .filter((entry) => entry && typeof entry === 'object');
-      expect(logs.length).toBeGreaterThan(0);
-      for (const entry of logs) expect(entry.worker).toBe(hello.d.worker);
+        });
+      await eventually(
+        async () => entries(),
+        (list) => list.some((entry) => entry.app_name === app),
+        3000,
+        `a log line about ${app}`,
+      );
+      for (const entry of entries()) expect(entry.worker, JSON.stringify(entry)).toBe(hello.d.worker);
     });
 
     it('every connection to one server sees the same worker id', async () => {

@@ -32,15 +32,17 @@ function garbage(i: number, password: string): { wire: Wire; frames: (string | U
   return kinds[i % kinds.length]!;
 }
 
-async function misbehave(server: RunningServer, index: number): Promise<number[]> {
-  const codes: number[] = [];
+/** The close code each garbage connection got, labelled with what it sent. */
+async function misbehave(server: RunningServer, index: number): Promise<{ sent: string; code: number }[]> {
+  const codes: { sent: string; code: number }[] = [];
   for (let round = 0; round < ROUNDS; round++) {
     const { wire, frames } = garbage(index + round, server.password);
     const client = new TestClient(server.url, wire);
     await client.opened;
     // Send without waiting for HELLO, several times over, as a broken client would.
     for (let i = 0; i < 3; i++) for (const frame of frames) if (client.ws.readyState === client.ws.OPEN) client.sendRaw(frame);
-    codes.push((await client.closed).code);
+    const sent = frames.map((f) => (typeof f === 'string' ? f.slice(0, 60) : `<${f.byteLength} bytes>`)).join(' ');
+    codes.push({ sent: `${JSON.stringify(wire)} ${sent}`, code: (await client.closed).code });
   }
   return codes;
 }
@@ -74,7 +76,7 @@ for (const runtime of RUNTIMES) {
       }
       // Every garbage connection was closed by the server with a protocol code, not left hanging or dropped.
       expect(codes).toHaveLength(GARBAGE_CONNECTIONS * ROUNDS);
-      for (const code of codes) expect([4400, 4401, 4403, 4413]).toContain(code);
+      for (const { sent, code } of codes) expect([4400, 4401, 4403, 4413], sent).toContain(code);
 
       // Still healthy and still routing.
       const health = await (await fetch(`${server().http}/health`)).json();
