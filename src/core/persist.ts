@@ -1,0 +1,388 @@
+// State as plain JSON and back: what a host that loses its memory between
+// events (a hibernating Durable Object) keeps in per-socket attachments and in
+// storage, and the State rebuilt from them. No I/O: the host executes the
+// changesets and feeds back what it stored.
+
+import type { ConnId, CoreConfig } from './io.ts';
+import { emptyMetadata, mergeMetadata } from './metadata.ts';
+import type { Compression, Format, Sender, Target } from './protocol.ts';
+import { compileQuery } from './query.ts';
+import {
+  createState,
+  forgetAppIfEmpty,
+  getApp,
+  sessionKey,
+  type Conn,
+  type Counters,
+  type Held,
+  type Routed,
+  type Session,
+  type State,
+} from './state.ts';
+import { connDeadline } from './step.ts';
+import { createRouted } from './wire.ts';
+
+/** One connection, small enough for a socket attachment (a few hundred bytes at most). */
+export interface ConnRecord {
+  id: ConnId;
+  f: Format;
+  c: Compression;
+  /** openedAt, lastHeartbeat (ms). */
+  o: number;
+  h: number;
+  /** The session key once identified. */
+  k?: string;
+  /** An error or GO_AWAY close was sent. */
+  x?: true;
+  /** Rate-limit bucket, when a limit is set. */
+  t?: number;
+  ta?: number;
+}
+
+export interface RoutedRecord {
+  e: string;
+  d: unknown;
+  from: Sender;
+  sk?: string;
+  n?: string;
+  to: Target;
+}
+
+export interface SessionRecord {
+  /** The session's ordinal: unique for the life of the hub, so it names the session in storage. */
+  ord: number;
+  app: string;
+  id: string;
+  md: Record<string, unknown>;
+  /** The connection holding the session, or null while it is resumable. */
+  conn: ConnId | null;
+  at: number;
+  seq: number;
+  exp: number;
+  /** Buffered entries not yet handed to a socket. */
+  unwritten: number[];
+}
+
+export interface ReplayRecord {
+  ord: number;
+  s: number;
+  dir: boolean;
+  msg: RoutedRecord;
+}
+
+export interface AppRecord {
+  name: string;
+  cursor: number;
+}
+
+export interface HeldRecord {
+  /** Increasing in the order events were held, so it also orders the queue. */
+  id: number;
+  app: string;
+  exp: number;
+  msg: RoutedRecord;
+}
+
+export interface MetaRecord {
+  nextOrdinal: number;
+  nextHeld: number;
+  counters: Counters;
+}
+
+/** Everything the host keeps in storage. */
+export interface Stored {
+  meta?: MetaRecord;
+  sessions: SessionRecord[];
+  replay: ReplayRecord[];
+  apps: AppRecord[];
+  held: HeldRecord[];
+}
+
+/** What one step changed, as writes for the host's storage. Deletes come first, then puts. */
+export interface Changeset {
+  meta?: MetaRecord;
+  /** Session ordinals to delete with all their replay rows. */
+  dropSessions: number[];
+  sessions: SessionRecord[];
+  /** Delete replay rows of `ord` with `s` below `below`. */
+  trimReplay: { ord: number; below: number }[];
+  replay: ReplayRecord[];
+  dropApps: string[];
+  apps: AppRecord[];
+  dropHeld: number[];
+  held: HeldRecord[];
+}
+
+export function isEmptyChangeset(c: Changeset): boolean {
+  return (
+    c.meta === undefined &&
+    c.dropSessions.length + c.sessions.length + c.trimReplay.length + c.replay.length === 0 &&
+    c.dropApps.length + c.apps.length + c.dropHeld.length + c.held.length === 0
+  );
+}
+
+export function connRecord(conn: Conn, rateLimited: boolean): ConnRecord {
+  const record: ConnRecord = { id: conn.id, f: conn.wire.format, c: conn.wire.compression, o: conn.openedAt, h: conn.lastHeartbeat };
+  if (conn.session) record.k = conn.session.key;
+  if (conn.closing) record.x = true;
+  if (rateLimited) {
+    record.t = conn.tokens;
+    record.ta = conn.tokensAt;
+  }
+  return record;
+}
+
+function routedRecord(msg: Routed): RoutedRecord {
+  const record: RoutedRecord = { e: msg.e, d: msg.d, from: msg.from, to: msg.target };
+  if (msg.senderKey !== undefined) record.sk = msg.senderKey;
+  if (msg.nonce !== undefined) record.n = msg.nonce;
+  return record;
+}
+
+function routedFrom(record: RoutedRecord): Routed {
+  // The query compiled when the event was accepted, so it compiles again.
+  const test = record.to.query === undefined ? undefined : compileQuery(record.to.query);
+  return createRouted(record.e, record.d, record.from, record.sk, record.n, record.to, test);
+}
+
+function sessionRecord(session: Session): SessionRecord {
+  const unwritten: number[] = [];
+  for (const entry of session.replay) if (!entry.written) unwritten.push(entry.s);
+  return {
+    ord: session.ordinal,
+    app: session.app.name,
+    id: session.clientId,
+    md: { ...session.metadata },
+    conn: session.conn?.id ?? null,
+    at: session.connectedAt,
+    seq: session.seq,
+    exp: session.expiresAt,
+    unwritten,
+  };
+}
+
+/** Which replay rows storage holds for a session: `s` from `first` to `last`. */
+interface StoredSession {
+  ord: number;
+  first: number;
+  last: number;
+}
+
+function emptyChangeset(): Changeset {
+  return { dropSessions: [], sessions: [], trimReplay: [], replay: [], dropApps: [], apps: [], dropHeld: [], held: [] };
+}
+
+/**
+ * Tracks what storage holds and turns the core's change marks into the
+ * smallest writes: a session's header plus only its new replay rows, an app's
+ * cursor plus only its new held rows. Cost is proportional to what changed,
+ * except an app's held queue, which is scanned when that app changes.
+ */
+export class Persister {
+  private readonly sessions = new Map<string, StoredSession>();
+  private readonly heldIds = new WeakMap<Held, number>();
+  private readonly storedHeld = new Map<string, Set<number>>();
+  private nextHeld = 1;
+  private lastMeta = '';
+
+  /** Turns change tracking on for `state`. */
+  track(state: State): void {
+    state.changes ??= { sessions: new Set(), apps: new Set() };
+  }
+
+  /** The writes that bring storage up to date with `state`; clears the change marks. */
+  flush(state: State): Changeset {
+    const changes = emptyChangeset();
+    const marks = state.changes;
+    if (marks) {
+      for (const key of marks.sessions) this.flushSession(state, key, changes);
+      for (const name of marks.apps) this.flushApp(state, name, changes);
+      marks.sessions.clear();
+      marks.apps.clear();
+    }
+    const meta: MetaRecord = { nextOrdinal: state.nextOrdinal, nextHeld: this.nextHeld, counters: state.counters };
+    const json = JSON.stringify(meta);
+    if (json !== this.lastMeta) {
+      this.lastMeta = json;
+      changes.meta = JSON.parse(json) as MetaRecord;
+    }
+    return changes;
+  }
+
+  private flushSession(state: State, key: string, changes: Changeset): void {
+    const live = state.sessions.get(key);
+    let stored = this.sessions.get(key);
+    if (stored && (!live || live.ordinal !== stored.ord)) {
+      changes.dropSessions.push(stored.ord);
+      this.sessions.delete(key);
+      stored = undefined;
+    }
+    if (!live) return;
+    changes.sessions.push(sessionRecord(live));
+    if (!stored) {
+      stored = { ord: live.ordinal, first: 1, last: 0 };
+      this.sessions.set(key, stored);
+    }
+    const replay = live.replay;
+    const first = replay[0]?.s ?? live.seq + 1;
+    if (stored.first < first && stored.last >= stored.first) changes.trimReplay.push({ ord: stored.ord, below: first });
+    let i = replay.length;
+    while (i > 0 && replay[i - 1]!.s > stored.last) i--;
+    for (; i < replay.length; i++) {
+      const entry = replay[i]!;
+      changes.replay.push({ ord: live.ordinal, s: entry.s, dir: entry.directed, msg: routedRecord(entry.msg) });
+    }
+    stored.first = first;
+    stored.last = replay.length > 0 ? replay[replay.length - 1]!.s : first - 1;
+  }
+
+  private flushApp(state: State, name: string, changes: Changeset): void {
+    const live = state.apps.get(name);
+    const stored = this.storedHeld.get(name) ?? new Set<number>();
+    const current = new Set<number>();
+    if (live) {
+      changes.apps.push({ name, cursor: live.cursor });
+      for (const held of live.held) {
+        if (held.done) continue;
+        let id = this.heldIds.get(held);
+        if (id === undefined) {
+          id = this.nextHeld++;
+          this.heldIds.set(held, id);
+          changes.held.push({ id, app: name, exp: held.expiresAt, msg: routedRecord(held.msg) });
+        }
+        current.add(id);
+      }
+    } else changes.dropApps.push(name);
+    for (const id of stored) if (!current.has(id)) changes.dropHeld.push(id);
+    if (current.size > 0) this.storedHeld.set(name, current);
+    else this.storedHeld.delete(name);
+  }
+
+  /**
+   * Rebuilds a hub from storage and the connections that are still open.
+   * Sessions whose connection is gone (the object was reset, dropping every
+   * socket) become resumable from `now`, as if they had just dropped.
+   */
+  static restore(config: CoreConfig, stored: Stored, conns: ConnRecord[], now: number): { state: State; persister: Persister } {
+    const persister = new Persister();
+    const state = createState(config);
+    persister.track(state);
+    if (stored.meta) {
+      state.nextOrdinal = stored.meta.nextOrdinal;
+      state.counters = stored.meta.counters;
+      persister.nextHeld = stored.meta.nextHeld;
+    }
+
+    for (const record of conns) {
+      const conn: Conn = {
+        id: record.id,
+        wire: { format: record.f, compression: record.c },
+        plain: record.f === 'json' && record.c === 'none',
+        openedAt: record.o,
+        lastHeartbeat: record.h,
+        session: null,
+        closing: record.x === true,
+        tokens: record.t ?? config.rateLimit * 2,
+        tokensAt: record.ta ?? now,
+        timerAt: 0,
+      };
+      state.conns.set(conn.id, conn);
+    }
+    const claimedBy = new Map<ConnId, string | undefined>(conns.map((record) => [record.id, record.k]));
+
+    const replayByOrd = new Map<number, ReplayRecord[]>();
+    for (const row of stored.replay) {
+      let rows = replayByOrd.get(row.ord);
+      if (!rows) replayByOrd.set(row.ord, (rows = []));
+      rows.push(row);
+    }
+    const sessions = [...stored.sessions].sort((a, b) => a.ord - b.ord);
+    for (const record of sessions) {
+      const key = sessionKey(record.app, record.id);
+      const metadata = emptyMetadata();
+      mergeMetadata(metadata, record.md, Infinity);
+      const session: Session = {
+        key,
+        app: getApp(state, record.app),
+        clientId: record.id,
+        ...metadata,
+        conn: null,
+        ordinal: record.ord,
+        connectedAt: record.at,
+        seq: record.seq,
+        replay: [],
+        replayBytes: 0,
+        expiresAt: record.exp,
+      };
+      const unwritten = new Set(record.unwritten);
+      const rows = (replayByOrd.get(record.ord) ?? []).sort((a, b) => a.s - b.s);
+      for (const row of rows) {
+        const msg = routedFrom(row.msg);
+        session.replay.push({ s: row.s, msg, written: !unwritten.has(row.s), directed: row.dir });
+        session.replayBytes += msg.bytes;
+      }
+      persister.sessions.set(key, { ord: record.ord, first: rows[0]?.s ?? record.seq + 1, last: rows.at(-1)?.s ?? record.seq });
+      state.sessions.set(key, session);
+      session.app.sessions.push(session);
+      if (record.ord >= state.nextOrdinal) state.nextOrdinal = record.ord + 1;
+
+      const conn = record.conn === null ? undefined : state.conns.get(record.conn);
+      if (conn && !conn.closing && claimedBy.get(conn.id) === key) {
+        session.conn = conn;
+        conn.session = session;
+        state.connectedClients++;
+        continue;
+      }
+      if (record.conn !== null) {
+        // Its socket closed while nothing ran (a reset drops every socket): the resume window starts now.
+        session.expiresAt = now + config.resumeWindow;
+        state.changes!.sessions.add(key);
+      }
+      state.timers.push(session.expiresAt, { kind: 'session', session });
+    }
+
+    const heldByApp = new Map<string, HeldRecord[]>();
+    for (const row of stored.held) {
+      let rows = heldByApp.get(row.app);
+      if (!rows) heldByApp.set(row.app, (rows = []));
+      rows.push(row);
+    }
+    for (const record of stored.apps) {
+      const app = getApp(state, record.name);
+      app.cursor = record.cursor;
+      const rows = (heldByApp.get(record.name) ?? []).sort((a, b) => a.id - b.id);
+      const ids = new Set<number>();
+      for (const row of rows) {
+        const held: Held = { msg: routedFrom(row.msg), expiresAt: row.exp, done: false };
+        app.held.push(held);
+        app.heldBytes += held.msg.bytes;
+        persister.heldIds.set(held, row.id);
+        ids.add(row.id);
+        if (row.id >= persister.nextHeld) persister.nextHeld = row.id + 1;
+      }
+      if (ids.size > 0) persister.storedHeld.set(record.name, ids);
+      const head = app.held[0];
+      if (head) {
+        app.heldTimerAt = head.expiresAt;
+        state.timers.push(head.expiresAt, { kind: 'app', app });
+      }
+    }
+
+    for (const conn of state.conns.values()) {
+      if (conn.closing) continue;
+      conn.timerAt = connDeadline(state, conn);
+      state.timers.push(conn.timerAt, { kind: 'conn', conn });
+    }
+
+    // Apps rebuilt only from their sessions are already stored by them; the rest
+    // must be written once (or dropped when nothing is left of them).
+    const storedApps = new Set(stored.apps.map((record) => record.name));
+    state.changes!.apps.clear();
+    for (const app of [...state.apps.values()]) {
+      if (!storedApps.has(app.name)) state.changes!.apps.add(app.name);
+      forgetAppIfEmpty(state, app);
+    }
+    persister.lastMeta = stored.meta ? JSON.stringify({ ...stored.meta, nextOrdinal: state.nextOrdinal, nextHeld: persister.nextHeld }) : '';
+    return { state, persister };
+  }
+}
