@@ -1,0 +1,296 @@
+// Cloudflare host: a Worker that sends each request to its hub's Durable
+// Object, and the Durable Object that runs one hub on the WebSocket
+// Hibernation API. Translation only — every protocol decision is in src/core.
+
+import { DurableObject } from 'cloudflare:workers';
+import type { ConnId, Input, Output } from '../src/core/io.ts';
+import {
+  connRecord,
+  isEmptyChangeset,
+  Persister,
+  type Changeset,
+  type ConnRecord,
+  type Stored,
+} from '../src/core/persist.ts';
+import { HEARTBEAT_ACK_FRAME, HEARTBEAT_FRAME, type Wire } from '../src/core/protocol.ts';
+import { ConfigError, loadConfig, type HostConfig } from '../src/host/config.ts';
+import { createHttpApp, type Upgrade } from '../src/host/http.ts';
+import { Hub, type HubSocket } from '../src/host/hub.ts';
+
+interface Env {
+  NERVE_HUB: DurableObjectNamespace<NerveHub>;
+  [name: string]: unknown;
+}
+
+const DEFAULT_HUB = 'main';
+
+/** `/hubs/<name>/<route>` reaches hub `<name>`; every other path reaches `main`. */
+const HUB_PATH = /^\/hubs\/([^/]+)(\/.*)?$/;
+const HUB_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+export default {
+  async fetch(request: Request, env: Env): Promise<Response> {
+    const url = new URL(request.url);
+    let name = DEFAULT_HUB;
+    const match = HUB_PATH.exec(url.pathname);
+    if (match) {
+      name = decodeURIComponent(match[1]!);
+      if (!HUB_NAME.test(name)) {
+        return Response.json({ error: 'hub name must be 1 to 64 characters of A-Z a-z 0-9 _ . -' }, { status: 400 });
+      }
+      url.pathname = match[2] ?? '/';
+    }
+    const stub = env.NERVE_HUB.get(env.NERVE_HUB.idFromName(name));
+    return stub.fetch(new Request(url, request));
+  },
+} satisfies ExportedHandler<Env>;
+
+/** Worker vars are strings, or numbers and booleans when written unquoted in wrangler.toml. */
+function nerveVars(env: Env): Record<string, string | undefined> {
+  const vars: Record<string, string | undefined> = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith('NERVE_')) continue;
+    if (typeof value === 'string') vars[name] = value;
+    else if (typeof value === 'number' || typeof value === 'boolean') vars[name] = String(value);
+  }
+  return vars;
+}
+
+/**
+ * The code to answer a peer's close with: its own, except that 1005, 1006 and
+ * 1015 only describe a close and are never sent (close() throws on them), and
+ * anything outside what close() accepts becomes 1000.
+ */
+function replyCode(code: number): number {
+  return code === 1000 || code === 1001 || (code >= 3000 && code <= 4999) ? code : 1000;
+}
+
+function socketOf(ws: WebSocket): HubSocket {
+  return {
+    send: (data) => ws.send(data),
+    close: (code, reason) => ws.close(code, reason),
+  };
+}
+
+const SCHEMA = [
+  'CREATE TABLE IF NOT EXISTS nerve_meta (id INTEGER PRIMARY KEY, v TEXT NOT NULL)',
+  'CREATE TABLE IF NOT EXISTS nerve_sessions (ord INTEGER PRIMARY KEY, v TEXT NOT NULL)',
+  'CREATE TABLE IF NOT EXISTS nerve_replay (ord INTEGER NOT NULL, s INTEGER NOT NULL, v TEXT NOT NULL, PRIMARY KEY (ord, s))',
+  'CREATE TABLE IF NOT EXISTS nerve_apps (name TEXT PRIMARY KEY, v TEXT NOT NULL)',
+  'CREATE TABLE IF NOT EXISTS nerve_held (id INTEGER PRIMARY KEY, v TEXT NOT NULL)',
+];
+
+interface Running {
+  config: HostConfig;
+  hub: Hub;
+  persister: Persister;
+  app: { fetch(request: Request): Response | Promise<Response> };
+}
+
+/**
+ * One hub. Memory may be dropped between any two events (hibernation), so
+ * every event starts from `running()`, which rebuilds the hub from socket
+ * attachments and SQLite storage when this instance is new; every step ends
+ * by writing what it changed.
+ */
+export class NerveHub extends DurableObject<Env> {
+  private current: Running | undefined;
+  private failure: string | undefined;
+  private readonly sockets = new Map<ConnId, WebSocket>();
+  private readonly ids = new WeakMap<WebSocket, ConnId>();
+  /** Last attachment written per connection, to skip identical rewrites. */
+  private readonly attached = new Map<ConnId, string>();
+  private opening: WebSocket | undefined;
+
+  override async fetch(request: Request): Promise<Response> {
+    const running = this.running();
+    if (!running) return new Response(`nerve: ${this.failure}\n`, { status: 500, headers: { 'content-type': 'text/plain' } });
+    return running.app.fetch(request);
+  }
+
+  override async webSocketMessage(ws: WebSocket, message: string | ArrayBuffer): Promise<void> {
+    const running = this.running();
+    const conn = this.idOf(ws);
+    if (!running || conn === undefined) return;
+    running.hub.receive(conn, typeof message === 'string' ? message : new Uint8Array(message));
+  }
+
+  override async webSocketClose(ws: WebSocket, code: number, reason: string): Promise<void> {
+    const running = this.running();
+    const conn = this.idOf(ws);
+    // 1005 means the peer sent no code, 1006 that there was no close frame at all.
+    if (running && conn !== undefined) running.hub.closed(conn, code === 1005 || code === 1006 ? undefined : code);
+    try {
+      // Completes the closing handshake where the runtime has not already answered the peer's close frame.
+      ws.close(replyCode(code), reason);
+    } catch {
+      // Already closed: nothing left to answer.
+    }
+  }
+
+  override async webSocketError(ws: WebSocket, error: unknown): Promise<void> {
+    const running = this.running();
+    const conn = this.idOf(ws);
+    if (!running || conn === undefined) return;
+    running.hub.log('warn', 'socket error', { conn, error: String(error) });
+    running.hub.closed(conn);
+  }
+
+  override async alarm(): Promise<void> {
+    const running = this.running();
+    if (!running) return;
+    // Heartbeats the runtime answered on its own count before any timeout is judged.
+    for (const ws of this.ctx.getWebSockets()) {
+      const conn = this.idOf(ws);
+      const at = this.ctx.getWebSocketAutoResponseTimestamp(ws)?.getTime();
+      if (conn !== undefined && at !== undefined) running.hub.heartbeat(conn, at);
+    }
+    running.hub.tick();
+  }
+
+  private idOf(ws: WebSocket): ConnId | undefined {
+    let id = this.ids.get(ws);
+    if (id === undefined) {
+      id = (ws.deserializeAttachment() as ConnRecord | null)?.id;
+      if (id !== undefined) this.ids.set(ws, id);
+    }
+    return id;
+  }
+
+  private running(): Running | undefined {
+    if (this.current || this.failure) return this.current;
+    let config: HostConfig;
+    try {
+      config = loadConfig(nerveVars(this.env), `nerve-${this.ctx.id.toString().slice(0, 6)}`);
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      this.failure = error.message;
+    }
+    if (!this.failure && config!.generatedPassword) {
+      // A password generated here would differ on every wake and in every hub.
+      this.failure = 'NERVE_PASSWORD is not set: `wrangler secret put NERVE_PASSWORD` (or `--var NERVE_PASSWORD:…` with wrangler dev)';
+    }
+    if (this.failure) {
+      console.error(JSON.stringify({ time: new Date().toISOString(), level: 'error', msg: `nerve: ${this.failure}` }));
+      return undefined;
+    }
+    this.current = this.wake(config!);
+    return this.current;
+  }
+
+  /** Rebuilds the hub from storage and the sockets that stayed open while it slept. */
+  private wake(config: HostConfig): Running {
+    // Heartbeats are answered by the runtime without waking the object and their
+    // arrival read back before each tick; a rate limit has to see every frame, though.
+    if (config.rateLimit > 0) this.ctx.setWebSocketAutoResponse();
+    else this.ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(HEARTBEAT_FRAME, HEARTBEAT_ACK_FRAME));
+    const sql = this.ctx.storage.sql;
+    for (const statement of SCHEMA) sql.exec(statement);
+    const rows = <T>(query: string) => sql.exec<{ v: string }>(query).toArray().map((row) => JSON.parse(row.v) as T);
+    const stored: Stored = {
+      meta: rows<Stored['meta']>('SELECT v FROM nerve_meta WHERE id = 1')[0],
+      sessions: rows('SELECT v FROM nerve_sessions'),
+      replay: rows('SELECT v FROM nerve_replay'),
+      apps: rows('SELECT v FROM nerve_apps'),
+      held: rows('SELECT v FROM nerve_held'),
+    };
+    const live: { ws: WebSocket; record: ConnRecord }[] = [];
+    for (const ws of this.ctx.getWebSockets()) {
+      const record = ws.deserializeAttachment() as ConnRecord | null;
+      if (!record) continue;
+      const answered = this.ctx.getWebSocketAutoResponseTimestamp(ws)?.getTime() ?? 0;
+      live.push({ ws, record: { ...record, h: Math.max(record.h, answered) } });
+    }
+    const now = Date.now();
+    const { state, persister } = Persister.restore(
+      config,
+      stored,
+      live.map(({ record }) => record),
+      now,
+    );
+    const hub = new Hub({
+      config,
+      state,
+      arm: (at) => void (at === undefined ? this.ctx.storage.deleteAlarm() : this.ctx.storage.setAlarm(at)),
+      afterStep: (input, outputs) => this.afterStep(input, outputs),
+    });
+    for (const { ws, record } of live) {
+      hub.adopt(record.id, socketOf(ws));
+      this.sockets.set(record.id, ws);
+      this.ids.set(ws, record.id);
+      this.attached.set(record.id, JSON.stringify(record));
+    }
+    const running: Running = { config, hub, persister, app: createHttpApp(hub, this.upgrade) };
+    this.current = running;
+    // Once per instance: a hub that hibernated logs this again when it wakes, with what it got back.
+    hub.log('info', 'awake', { connections: live.length, sessions: state.sessions.size, clients: state.connectedClients });
+    // Handles whatever fell due while asleep, writes what the restore changed, and arms the alarm.
+    hub.tick();
+    return running;
+  }
+
+  private readonly upgrade: Upgrade = (_c, wire: Wire) => {
+    const { 0: client, 1: server } = new WebSocketPair();
+    this.ctx.acceptWebSocket(server);
+    this.opening = server;
+    try {
+      this.current!.hub.open(socketOf(server), wire);
+    } finally {
+      this.opening = undefined;
+    }
+    return new Response(null, { status: 101, webSocket: client });
+  };
+
+  private afterStep(input: Input, outputs: Output[]): void {
+    const running = this.current;
+    if (!running) return;
+    if (input.type === 'open' && this.opening) {
+      this.sockets.set(input.conn, this.opening);
+      this.ids.set(this.opening, input.conn);
+    }
+    const changes = running.persister.flush(running.hub.state);
+    if (!isEmptyChangeset(changes)) this.write(changes);
+
+    if (input.type === 'close') {
+      this.sockets.delete(input.conn);
+      this.attached.delete(input.conn);
+      return;
+    }
+    if ('conn' in input) this.attach(running, input.conn);
+    for (const output of outputs) if (output.type === 'close') this.attach(running, output.conn);
+  }
+
+  /** Socket attachments live in memory outside the isolate: cheap, so written whenever they change. */
+  private attach(running: Running, id: ConnId): void {
+    const conn = running.hub.state.conns.get(id);
+    const ws = this.sockets.get(id);
+    if (!conn || !ws) return;
+    const record = connRecord(conn, running.config.rateLimit > 0);
+    const json = JSON.stringify(record);
+    if (this.attached.get(id) === json) return;
+    ws.serializeAttachment(record);
+    this.attached.set(id, json);
+  }
+
+  private write(changes: Changeset): void {
+    const sql = this.ctx.storage.sql;
+    this.ctx.storage.transactionSync(() => {
+      for (const ord of changes.dropSessions) {
+        sql.exec('DELETE FROM nerve_sessions WHERE ord = ?', ord);
+        sql.exec('DELETE FROM nerve_replay WHERE ord = ?', ord);
+      }
+      for (const { ord, below } of changes.trimReplay) sql.exec('DELETE FROM nerve_replay WHERE ord = ? AND s < ?', ord, below);
+      for (const name of changes.dropApps) sql.exec('DELETE FROM nerve_apps WHERE name = ?', name);
+      for (const id of changes.dropHeld) sql.exec('DELETE FROM nerve_held WHERE id = ?', id);
+      for (const record of changes.sessions) {
+        sql.exec('INSERT OR REPLACE INTO nerve_sessions (ord, v) VALUES (?, ?)', record.ord, JSON.stringify(record));
+      }
+      for (const record of changes.replay) {
+        sql.exec('INSERT OR REPLACE INTO nerve_replay (ord, s, v) VALUES (?, ?, ?)', record.ord, record.s, JSON.stringify(record));
+      }
+      for (const record of changes.apps) sql.exec('INSERT OR REPLACE INTO nerve_apps (name, v) VALUES (?, ?)', record.name, JSON.stringify(record));
+      for (const record of changes.held) sql.exec('INSERT OR REPLACE INTO nerve_held (id, v) VALUES (?, ?)', record.id, JSON.stringify(record));
+      if (changes.meta) sql.exec('INSERT OR REPLACE INTO nerve_meta (id, v) VALUES (1, ?)', JSON.stringify(changes.meta));
+    });
+  }
+}
