@@ -12,9 +12,21 @@ import type { HubSocket } from '../src/host/hub.ts';
 const booted = boot(process.env, (code) => process.exit(code));
 const { config, hub } = booted;
 
-// ws would close oversized frames itself with 1009 and no NO_U_TBH; let frames
-// up to 4× the limit reach the core, which answers 4413 as the protocol says.
-const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxPayload * 4, perMessageDeflate: false });
+// ws checks a frame's declared length before buffering it, so the limit costs no memory.
+const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxPayload, perMessageDeflate: false });
+
+type WsInternals = { _socket: Socket; _receiver: { prependListener(event: 'error', listener: (error: Error & { code?: string }) => void): void } };
+
+/**
+ * ws closes by itself (1009, 1007, 1002) on a frame it will not accept; hearing
+ * its receiver's error first lets the core answer with NO_U_TBH and 4413/4400
+ * instead, after which ws's own close is a no-op.
+ */
+function routeTransportErrors(ws: WebSocket, conn: number): void {
+  (ws as unknown as WsInternals)._receiver.prependListener('error', (error) =>
+    hub.refused(conn, error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH', error.message.replace(/^Invalid WebSocket frame: /, '')),
+  );
+}
 
 /** Sockets with writes held back this event-loop turn; one syscall each when it ends. */
 const corked: Socket[] = [];
@@ -24,7 +36,7 @@ const uncorkAll = () => {
 };
 
 function batchedSocket(ws: WebSocket): HubSocket {
-  const raw = (ws as unknown as { _socket: Socket })._socket;
+  const raw = (ws as unknown as WsInternals)._socket;
   return {
     send(data) {
       if (raw.writableCorked === 0) {
@@ -55,9 +67,13 @@ server.on('upgrade', (request, socket, head) => {
   const wire = refused;
   wss.handleUpgrade(request, socket, head, (ws) => {
     const conn = hub.open(batchedSocket(ws), wire);
+    routeTransportErrors(ws, conn);
     ws.on('message', (data: Buffer, isBinary) => hub.receive(conn, isBinary ? data : data.toString()));
     ws.on('close', (code) => hub.closed(conn, code));
-    ws.on('error', (error) => hub.log('warn', 'socket error', { conn, error: error.message }));
+    ws.on('error', (error: Error & { code?: string }) => {
+      // WS_ERR_* are the peer's bad frames, already answered through the protocol.
+      if (!error.code?.startsWith('WS_ERR_')) hub.log('warn', 'socket error', { conn, error: error.message });
+    });
   });
 });
 

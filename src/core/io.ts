@@ -11,6 +11,12 @@ export type Input =
   | { type: 'open'; now: number; conn: ConnId; wire: Wire }
   /** One inbound frame, exactly as received (text → string, binary → bytes). */
   | { type: 'message'; now: number; conn: ConnId; data: string | Uint8Array }
+  /**
+   * The transport refused a frame before the core could see it (over its size
+   * cap, invalid UTF-8, a WebSocket protocol violation); the core answers it
+   * like any bad frame, with NO_U_TBH and 4413 or 4400.
+   */
+  | { type: 'refused'; now: number; conn: ConnId; tooLarge: boolean; detail?: string }
   /** The transport closed (by the peer, or after a close output). `code` is what the peer sent, if anything. */
   | { type: 'close'; now: number; conn: ConnId; code?: number }
   /**

@@ -60,6 +60,14 @@ export function step(state: State, input: Input): [State, Output[]] {
       }
       break;
     }
+    case 'refused': {
+      const conn = state.conns.get(input.conn);
+      if (!conn || conn.closing) break;
+      const max = state.config.maxPayload;
+      if (input.tooLarge) reject(state, out, conn, Close.TOO_LARGE, `frame exceeds the limit of ${max} bytes`, input.now);
+      else reject(state, out, conn, Close.BAD_FRAME, `malformed WebSocket frame${input.detail ? `: ${input.detail}` : ''}`, input.now);
+      break;
+    }
     case 'close':
       transportClosed(state, out, input.conn, input.code, input.now);
       break;

@@ -88,6 +88,11 @@ export class Hub {
     this.run({ type: 'message', now: this.now(), conn, data });
   }
 
+  /** The transport refused a frame of this connection (too large, or malformed at the WebSocket level). */
+  refused(conn: ConnId, tooLarge: boolean, detail?: string): void {
+    this.run({ type: 'refused', now: this.now(), conn, tooLarge, detail });
+  }
+
   /** The transport is closed; `code` is the peer's close code if it sent one. */
   closed(conn: ConnId, code?: number): void {
     if (!this.sockets.delete(conn)) return;

@@ -87,6 +87,10 @@ export class Sim {
     return this.run({ type: 'message', now: this.now, conn, data: JSON.stringify(frame) });
   }
 
+  refused(conn: number, tooLarge: boolean, detail?: string): Event[] {
+    return this.quiet(this.run({ type: 'refused', now: this.now, conn, tooLarge, detail }));
+  }
+
   close(conn: number, code?: number): Event[] {
     return this.quiet(this.run({ type: 'close', now: this.now, conn, code }));
   }

@@ -140,6 +140,15 @@ describe('errors: NO_U_TBH then close, in the documented order of checks', () =>
     expect(sim.send(1, JSON.stringify({ op: 3, d: 'é'.repeat(45) }))).toEqual(failure(1, 4413, 'frame of 105 bytes exceeds the limit of 100 bytes'));
   });
 
+  it('answers frames the transport refused like any bad frame', () => {
+    const sim = new Sim({ maxPayload: 100 });
+    sim.connect(1, 'api', 'a');
+    expect(sim.refused(1, true)).toEqual(failure(1, 4413, 'frame exceeds the limit of 100 bytes'));
+    sim.open(2);
+    expect(sim.refused(2, false, 'invalid UTF-8 sequence')).toEqual(failure(2, 4400, 'malformed WebSocket frame: invalid UTF-8 sequence'));
+    expect(sim.state.sessions.size).toBe(0);
+  });
+
   it('rate-limits with a token bucket: burst of two seconds, then 4429', () => {
     const sim = new Sim({ rateLimit: 5 });
     sim.open(1);
