@@ -72,9 +72,10 @@ const server = Bun.serve({
   fetch: (request, server) => app.fetch(request, server),
   websocket: {
     data: {} as SocketData,
-    // Bun would close oversized frames itself with 1009 and no NO_U_TBH; let frames
-    // up to 4× the limit reach the core, which answers 4413 as the protocol says.
-    maxPayloadLength: config.maxPayload * 4,
+    // Bun closes an oversized frame itself (1009, no NO_U_TBH) and offers no hook
+    // before it does, so frames well past the limit must reach the core for its
+    // 4413: at least 4× the limit, and never less than Bun's own 16 MiB default.
+    maxPayloadLength: Math.max(config.maxPayload * 4, 16 * 1_048_576),
     perMessageDeflate: false,
     // Liveness is Nerve's heartbeat (4408) on every runtime, not Bun's idle pings.
     idleTimeout: 0,
