@@ -106,9 +106,10 @@ export function startTcpHub(options: TcpHubOptions): Promise<TcpHub> {
         }
         if (line.length > 0) run({ type: 'message', now: Date.now(), conn, data: line });
       }
-      // A line that never ends is still one frame: hand it over and let the core answer 4413.
-      if (buffered.length > config.maxPayload * 4) {
-        run({ type: 'message', now: Date.now(), conn, data: buffered });
+      // More characters than maxPayload is more bytes too: the frame is too large
+      // whatever follows, so the core answers 4413 without the rest being buffered.
+      if (buffered.length > config.maxPayload) {
+        run({ type: 'refused', now: Date.now(), conn, tooLarge: true });
         buffered = '';
       }
     });

@@ -91,6 +91,14 @@ describe('embed-tcp: the core over newline-delimited JSON on TCP', () => {
     expect(client.ended).toBe(true);
   });
 
+  it('answers a line longer than the payload limit with NO_U_TBH and 4413, before it ends', async () => {
+    hub = await startTcpHub({ password: 'pw', log: () => {}, limits: { maxPayload: 1024 } });
+    const client = await tcpClient(hub.port);
+    client.socket.write(`{"op":3,"d":"${'x'.repeat(4096)}`);
+    expect(await client.until((f) => f.op === 6)).toMatchObject({ d: expect.stringContaining('1024') });
+    expect(await client.until((f) => f.close !== undefined)).toMatchObject({ close: 4413 });
+  });
+
   it('sends GO_AWAY and closes with 1001 on shutdown', async () => {
     hub = await startTcpHub({ password: 'pw', log: () => {} });
     const client = await tcpClient(hub.port);
