@@ -71,7 +71,7 @@ function options() {
     concurrency: num('concurrency', 100, 50),
     holdMs: num('hold-ms', 2000, 300),
     coreMs: num('core-ms', 500, 100),
-    quietWaitMs: num('quiet-wait-ms', 8000, 0),
+    quietWaitMs: num('quiet-wait-ms', 3000, 0),
     out: flag('out'),
   };
 }
@@ -84,7 +84,7 @@ const HELP = `npm run bench -- [flags]   (each flag also reads BENCH_<NAME>, e.g
   --warmup-ms 1000  --measure-ms 3000  --latency-ms 2000  --hold-ms 2000  --core-ms 500
   --pairs 8  --window 500  --consumers 200  --fan-window 32  --payload-bytes 100
   --connections 5000  --concurrency 100  --out FILE.json
-  --quiet-wait-ms 8000   before each run, wait up to this long for other processes to go quiet`;
+  --quiet-wait-ms 3000   before each run, wait up to this long for other processes to go quiet`;
 
 // ---- processes ----
 
