@@ -41,7 +41,11 @@ export default {
       url.pathname = match[2] ?? '/';
     }
     const stub = env.NERVE_HUB.get(env.NERVE_HUB.idFromName(name));
-    return stub.fetch(new Request(url, request));
+    // A body the hub answers without reading (a 401) must not still be streaming
+    // to it afterwards: the runtime then fails the request ("Can't read from request
+    // stream after response has been sent"). Bodies here are small; read them first.
+    if (!request.body) return stub.fetch(new Request(url, request));
+    return stub.fetch(new Request(url, { method: request.method, headers: request.headers, body: await request.arrayBuffer() }));
   },
 } satisfies ExportedHandler<Env>;
 
