@@ -1,32 +1,9 @@
 // Runs adapters/cloudflare.ts in workerd through Miniflare, bundled the way
 // wrangler bundles it, with a small WebSocket client for the Cloudflare tests.
 
-import { build } from 'esbuild';
 import { Miniflare } from 'miniflare';
-import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
-
-const root = fileURLToPath(new URL('../..', import.meta.url));
-
-let bundled: Promise<string> | undefined;
-
-/** The Worker as one ES module; esbuild once per test run. */
-export function bundle(): Promise<string> {
-  bundled ??= build({
-    entryPoints: [`${root}adapters/cloudflare.ts`],
-    bundle: true,
-    write: false,
-    format: 'esm',
-    platform: 'neutral',
-    target: 'es2022',
-    // The conditions wrangler uses, so msgpackr and fflate resolve to their worker builds.
-    conditions: ['workerd', 'worker', 'browser'],
-    mainFields: ['module', 'main'],
-    external: ['cloudflare:*', 'node:*'],
-    logLevel: 'silent',
-  }).then((out) => out.outputFiles[0]!.text);
-  return bundled;
-}
+import { bundleWorker } from './bundle.ts';
 
 export interface RunningWorker {
   mf: Miniflare;
@@ -53,7 +30,7 @@ export async function startWorker(vars: Record<string, string> = {}): Promise<Ru
   };
   const mf = new Miniflare({
     modules: true,
-    script: await bundle(),
+    script: await bundleWorker(),
     compatibilityDate: '2026-04-20',
     durableObjects: { NERVE_HUB: { className: 'NerveHub', useSQLite: true } },
     bindings: { NERVE_PASSWORD: PASSWORD, ...vars },
