@@ -34,7 +34,11 @@ export default {
     let name = DEFAULT_HUB;
     const match = HUB_PATH.exec(url.pathname);
     if (match) {
-      name = decodeURIComponent(match[1]!);
+      try {
+        name = decodeURIComponent(match[1]!);
+      } catch {
+        name = '';
+      }
       if (!HUB_NAME.test(name)) {
         return Response.json({ error: 'hub name must be 1 to 64 characters of A-Z a-z 0-9 _ . -' }, { status: 400 });
       }
