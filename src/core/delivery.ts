@@ -14,22 +14,38 @@ export function matches(session: Session, msg: Routed): boolean {
 }
 
 /** Gives the event the session's next `s`, buffers it for replay, and writes it if connected. */
-export function deliver(state: State, out: Output[], session: Session, msg: Routed, directed: boolean): void {
+export function deliver(state: State, out: Output[], session: Session, msg: Routed): void {
   const s = ++session.seq;
   touchSession(state, session);
-  const written = session.conn !== null;
-  session.replay.push({ s, msg, written, directed });
+  session.replay.push(msg);
   session.replayBytes += msg.bytes;
   state.counters.deliveries++;
-  if (written) sendRouted(state, out, session.conn!, msg, s);
+  if (session.conn !== null) {
+    session.writtenUpTo = s;
+    sendRouted(state, out, session.conn, msg, s);
+  }
   const { replayMaxCount, replayMaxBytes } = state.config;
   while (session.replay.length > replayMaxCount || (session.replayBytes > replayMaxBytes && session.replay.length > 1)) {
     const evicted = session.replay.shift()!;
-    session.replayBytes -= evicted.msg.bytes;
-    if (evicted.directed && !evicted.written) {
-      undeliverable(state, out, evicted.msg, `replay buffer of ${session.clientId} overflowed before it reconnected`);
+    session.replayBytes -= evicted.bytes;
+    if (evicted.directed && session.replayFirst > session.writtenUpTo) {
+      undeliverable(state, out, evicted, `replay buffer of ${session.clientId} overflowed before it reconnected`);
     }
+    session.replayFirst++;
   }
+}
+
+/** Directed events the session was handed but never wrote to a socket, oldest first. */
+export function unwrittenDirected(session: Session): Routed[] {
+  const skip = Math.max(0, session.writtenUpTo - session.replayFirst + 1);
+  return session.replay.slice(skip).filter((msg) => msg.directed);
+}
+
+/** Empties the replay buffer; `s` goes on from where it was. */
+export function clearReplay(session: Session): void {
+  session.replay = [];
+  session.replayBytes = 0;
+  session.replayFirst = session.seq + 1;
 }
 
 /** Tells the sender, if it is still connected, that its event reached no one. */
@@ -105,7 +121,7 @@ export function deliverHeld(state: State, out: Output[], session: Session): void
     held.done = true;
     app.heldBytes -= msg.bytes;
     delivered++;
-    deliver(state, out, session, msg, true);
+    deliver(state, out, session, msg);
   }
   if (delivered > 0) {
     app.held = app.held.filter((held) => !held.done);
@@ -124,7 +140,7 @@ export function route(state: State, out: Output[], msg: Routed, now: number): { 
   if (target.client_id !== undefined) {
     const session = state.sessions.get(sessionKey(target.app_name, target.client_id));
     if (session && matches(session, msg)) {
-      deliver(state, out, session, msg, true);
+      deliver(state, out, session, msg);
       return { delivered: 1, queued: 0 };
     }
     return { delivered: 0, queued: hold(state, out, msg, now) ? 1 : 0 };
@@ -135,7 +151,7 @@ export function route(state: State, out: Output[], msg: Routed, now: number): { 
     let delivered = 0;
     for (const session of app.sessions) {
       if (session.key === msg.senderKey || !matches(session, msg)) continue;
-      deliver(state, out, session, msg, false);
+      deliver(state, out, session, msg);
       delivered++;
     }
     return { delivered, queued: 0 };
@@ -144,7 +160,7 @@ export function route(state: State, out: Output[], msg: Routed, now: number): { 
   const picked = app && (target.key === undefined ? pickRoundRobin(app, eligible) : pickRendezvous(app, target.key, eligible));
   if (picked) {
     if (target.key === undefined) touchApp(state, app!); // the round-robin cursor moved
-    deliver(state, out, picked, msg, true);
+    deliver(state, out, picked, msg);
     return { delivered: 1, queued: 0 };
   }
   return { delivered: 0, queued: hold(state, out, msg, now) ? 1 : 0 };
@@ -156,9 +172,6 @@ export function route(state: State, out: Output[], msg: Routed, now: number): { 
  */
 export function requeueUnwritten(state: State, out: Output[], session: Session, now: number): void {
   touchSession(state, session);
-  for (const entry of session.replay) {
-    if (entry.directed && !entry.written) hold(state, out, entry.msg, now);
-  }
-  session.replay = [];
-  session.replayBytes = 0;
+  for (const msg of unwrittenDirected(session)) hold(state, out, msg, now);
+  clearReplay(session);
 }

@@ -59,14 +59,13 @@ export interface SessionRecord {
   at: number;
   seq: number;
   exp: number;
-  /** Buffered entries not yet handed to a socket. */
-  unwritten: number[];
+  /** Buffered entries up to this `s` were handed to a socket. */
+  wr: number;
 }
 
 export interface ReplayRecord {
   ord: number;
   s: number;
-  dir: boolean;
   msg: RoutedRecord;
 }
 
@@ -142,12 +141,11 @@ function routedRecord(msg: Routed): RoutedRecord {
 function routedFrom(record: RoutedRecord): Routed {
   // The query compiled when the event was accepted, so it compiles again.
   const test = record.to.query === undefined ? undefined : compileQuery(record.to.query);
-  return createRouted(record.e, record.d, record.from, record.sk, record.n, record.to, test);
+  const sender = { from: record.from, fromJson: JSON.stringify(record.from), key: record.sk };
+  return createRouted(record.e, record.d, sender, record.n, record.to, test);
 }
 
 function sessionRecord(session: Session): SessionRecord {
-  const unwritten: number[] = [];
-  for (const entry of session.replay) if (!entry.written) unwritten.push(entry.s);
   return {
     ord: session.ordinal,
     app: session.app.name,
@@ -157,7 +155,7 @@ function sessionRecord(session: Session): SessionRecord {
     at: session.connectedAt,
     seq: session.seq,
     exp: session.expiresAt,
-    unwritten,
+    wr: session.writtenUpTo,
   };
 }
 
@@ -224,16 +222,14 @@ export class Persister {
       this.sessions.set(key, stored);
     }
     const replay = live.replay;
-    const first = replay[0]?.s ?? live.seq + 1;
+    const first = live.replayFirst;
+    const last = first + replay.length - 1;
     if (stored.first < first && stored.last >= stored.first) changes.trimReplay.push({ ord: stored.ord, below: first });
-    let i = replay.length;
-    while (i > 0 && replay[i - 1]!.s > stored.last) i--;
-    for (; i < replay.length; i++) {
-      const entry = replay[i]!;
-      changes.replay.push({ ord: live.ordinal, s: entry.s, dir: entry.directed, msg: routedRecord(entry.msg) });
+    for (let s = Math.max(first, stored.last + 1); s <= last; s++) {
+      changes.replay.push({ ord: live.ordinal, s, msg: routedRecord(replay[s - first]!) });
     }
     stored.first = first;
-    stored.last = replay.length > 0 ? replay[replay.length - 1]!.s : first - 1;
+    stored.last = last;
   }
 
   private flushApp(state: State, name: string, changes: Changeset): void {
@@ -310,15 +306,19 @@ export class Persister {
         ordinal: record.ord,
         connectedAt: record.at,
         seq: record.seq,
+        from: { app_name: record.app, client_id: record.id },
+        fromJson: JSON.stringify({ app_name: record.app, client_id: record.id }),
         replay: [],
+        replayFirst: record.seq + 1,
+        writtenUpTo: record.wr,
         replayBytes: 0,
         expiresAt: record.exp,
       };
-      const unwritten = new Set(record.unwritten);
       const rows = (replayByOrd.get(record.ord) ?? []).sort((a, b) => a.s - b.s);
+      if (rows.length > 0) session.replayFirst = rows[0]!.s;
       for (const row of rows) {
         const msg = routedFrom(row.msg);
-        session.replay.push({ s: row.s, msg, written: !unwritten.has(row.s), directed: row.dir });
+        session.replay.push(msg);
         session.replayBytes += msg.bytes;
       }
       persister.sessions.set(key, { ord: record.ord, first: rows[0]?.s ?? record.seq + 1, last: rows.at(-1)?.s ?? record.seq });

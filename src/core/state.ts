@@ -17,6 +17,8 @@ export interface Routed {
   nonce?: string;
   target: Target;
   test?: MetadataTest;
+  /** Mode one or client_id: owed to exactly one recipient, never dropped silently. */
+  directed: boolean;
   /** `{"op":8,…` without `s` and the closing brace: spliced per recipient. */
   jsonHead: string;
   /** The same frame in msgpack, built on first use. */
@@ -25,16 +27,16 @@ export interface Routed {
   bytes: number;
 }
 
-export interface ReplayEntry {
-  s: number;
-  msg: Routed;
-  /** Handed to an open socket (not proof of receipt, but no longer owed). */
-  written: boolean;
-  /** Mode one or client_id: owed to exactly one recipient, never dropped silently. */
-  directed: boolean;
+/** Who sent an event: a session, or the HTTP route. */
+export interface SenderInfo {
+  from: Sender;
+  /** `from` as JSON, encoded once rather than per dispatch. */
+  fromJson: string;
+  /** The sender's session key; absent for HTTP. */
+  key?: string;
 }
 
-export interface Session {
+export interface Session extends SenderInfo {
   key: string;
   app: AppState;
   clientId: string;
@@ -49,7 +51,15 @@ export interface Session {
   connectedAt: number;
   /** Last `s` handed out. */
   seq: number;
-  replay: ReplayEntry[];
+  /**
+   * The most recent events handed to this session, oldest first. Their `s`
+   * are consecutive from `replayFirst`, and every one up to `writtenUpTo` was
+   * handed to an open socket (not proof of receipt, but no longer owed), so an
+   * entry costs one array slot.
+   */
+  replay: Routed[];
+  replayFirst: number;
+  writtenUpTo: number;
   replayBytes: number;
   /** When a disconnected session stops being resumable. */
   expiresAt: number;

@@ -18,6 +18,8 @@ import {
   deliverHeld,
   expireHeld,
   requeueUnwritten,
+  clearReplay,
+  unwrittenDirected,
   route,
   undeliverable,
 } from './delivery.ts';
@@ -39,6 +41,8 @@ import { compileQuery, QueryError, type MetadataTest } from './query.ts';
 import { IdentifySchema, isPlainObject, validate, validateDispatch, type Dispatch } from './schemas.ts';
 import { forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type Conn, type Session, type State } from './state.ts';
 import { closeConn, createRouted, fail, send, sendHeartbeatAck, sendRouted } from './wire.ts';
+
+const HTTP_SENDER = { from: { app_name: HTTP_SENDER_APP }, fromJson: JSON.stringify({ app_name: HTTP_SENDER_APP }) };
 
 const SERVER_OPS: Record<number, string> = { 0: 'HELLO', 2: 'WELCOME', 4: 'HEARTBEAT_ACK', 5: 'GO_AWAY', 6: 'NO_U_TBH' };
 
@@ -269,7 +273,11 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
       ordinal: state.nextOrdinal++,
       connectedAt: now,
       seq: 0,
+      from: { app_name: d.app_name, client_id: d.client_id },
+      fromJson: JSON.stringify({ app_name: d.app_name, client_id: d.client_id }),
       replay: [],
+      replayFirst: 1,
+      writtenUpTo: 0,
       replayBytes: 0,
       expiresAt: 0,
     };
@@ -295,11 +303,12 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
 /** Resends the buffered dispatches after `seq` (all of them without one), with their original `s`. */
 function replay(state: State, out: Output[], conn: Conn, session: Session, seq: number | undefined): void {
   const after = seq ?? 0;
-  for (const entry of session.replay) {
-    if (entry.s <= after) continue;
-    entry.written = true;
-    sendRouted(state, out, conn, entry.msg, entry.s);
+  const replay = session.replay;
+  for (let i = Math.max(0, after - session.replayFirst + 1); i < replay.length; i++) {
+    sendRouted(state, out, conn, replay[i]!, session.replayFirst + i);
   }
+  // What the client says it processed counts as written too.
+  session.writtenUpTo = session.seq;
 }
 
 function keepResumable(state: State, out: Output[], session: Session, now: number): void {
@@ -317,9 +326,7 @@ function endSession(state: State, out: Output[], session: Session, now: number):
   const index = app.sessions.indexOf(session);
   if (index >= 0) app.sessions.splice(index, 1);
   if (state.draining) {
-    for (const entry of session.replay) {
-      if (entry.directed && !entry.written) undeliverable(state, out, entry.msg, 'server is shutting down');
-    }
+    for (const msg of unwrittenDirected(session)) undeliverable(state, out, msg, 'server is shutting down');
   } else requeueUnwritten(state, out, session, now);
   forgetAppIfEmpty(state, app);
 }
@@ -358,8 +365,7 @@ function dispatch(state: State, out: Output[], conn: Conn, session: Session, fra
   const parsed = parseDispatch(frame);
   if (!parsed.ok) return reject(state, out, conn, Close.BAD_FRAME, `DISPATCH: ${parsed.error}`, now);
   const { e, d, to, nonce } = parsed.value;
-  const from = { app_name: session.app.name, client_id: session.clientId };
-  const msg = createRouted(e, d ?? null, from, session.key, nonce, to, parsed.test);
+  const msg = createRouted(e, d ?? null, session, nonce, to, parsed.test);
   const result = route(state, out, msg, now);
   if (nonce !== undefined) acknowledge(state, out, session.key, nonce, result.delivered, result.queued);
 }
@@ -375,7 +381,7 @@ function httpDispatch(state: State, out: Output[], request: number, body: unknow
     return;
   }
   const { e, d, to, nonce } = parsed.value;
-  const msg = createRouted(e, d ?? null, { app_name: HTTP_SENDER_APP }, undefined, nonce, to, parsed.test);
+  const msg = createRouted(e, d ?? null, HTTP_SENDER, nonce, to, parsed.test);
   const result = route(state, out, msg, now);
   out.push({ type: 'dispatched', request, ...result });
 }
@@ -418,10 +424,8 @@ function shutdown(state: State, out: Output[]): void {
     app.heldBytes = 0;
   }
   for (const session of state.sessions.values()) {
-    for (const entry of session.replay) {
-      if (entry.directed && !entry.written) undeliverable(state, out, entry.msg, 'server is shutting down');
-    }
-    session.replay = [];
+    for (const msg of unwrittenDirected(session)) undeliverable(state, out, msg, 'server is shutting down');
+    clearReplay(session);
   }
   for (const conn of state.conns.values()) {
     if (conn.closing) continue;

@@ -4,9 +4,9 @@
 
 import { compress, encodeFrame, packMsgpack } from './codec.ts';
 import type { Output } from './io.ts';
-import { Close, HEARTBEAT_ACK_FRAME, Op, truncateReason, type CloseCode, type Sender, type Target } from './protocol.ts';
+import { Close, HEARTBEAT_ACK_FRAME, Op, truncateReason, type CloseCode, type Target } from './protocol.ts';
 import type { MetadataTest } from './query.ts';
-import type { Conn, Routed, State } from './state.ts';
+import type { Conn, Routed, SenderInfo, State } from './state.ts';
 
 export function send(state: State, out: Output[], conn: Conn, frame: object): void {
   state.counters.framesOut++;
@@ -33,16 +33,16 @@ export function closeConn(state: State, out: Output[], conn: Conn, code: CloseCo
 export function createRouted(
   e: string,
   d: unknown,
-  from: Sender,
-  senderKey: string | undefined,
+  sender: SenderInfo,
   nonce: string | undefined,
   target: Target,
   test: MetadataTest | undefined,
 ): Routed {
   const head =
-    `{"op":8,"e":${JSON.stringify(e)},"d":${JSON.stringify(d) ?? 'null'},"from":${JSON.stringify(from)}` +
+    `{"op":8,"e":${JSON.stringify(e)},"d":${JSON.stringify(d) ?? 'null'},"from":${sender.fromJson}` +
     (nonce === undefined ? '' : `,"nonce":${JSON.stringify(nonce)}`);
-  return { e, d, from, senderKey, nonce, target, test, jsonHead: head, bytes: head.length + 16 };
+  const directed = target.client_id !== undefined || target.mode !== 'all';
+  return { e, d, from: sender.from, senderKey: sender.key, nonce, target, test, directed, jsonHead: head, bytes: head.length + 16 };
 }
 
 /** `s` as a msgpack uint, appended after the key "s". */
