@@ -6,7 +6,7 @@
 import type { Output } from './io.ts';
 import { ACK_EVENT, Op, UNDELIVERABLE_EVENT } from './protocol.ts';
 import { pickRendezvous, pickRoundRobin } from './select.ts';
-import { forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type AppState, type Routed, type Session, type State } from './state.ts';
+import { entryBytes, forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type AppState, type Routed, type Session, type State } from './state.ts';
 import { send, sendRouted } from './wire.ts';
 
 export function matches(session: Session, msg: Routed): boolean {
@@ -17,18 +17,18 @@ export function matches(session: Session, msg: Routed): boolean {
 export function deliver(state: State, out: Output[], session: Session, msg: Routed): void {
   const s = ++session.seq;
   touchSession(state, session);
-  session.replay.push(msg);
   session.replayBytes += msg.bytes;
   state.counters.deliveries++;
   if (session.conn !== null) {
     session.writtenUpTo = s;
+    session.replay.push(msg.jsonHead);
     sendRouted(state, out, session.conn, msg, s);
-  }
+  } else session.replay.push(msg);
   const { replayMaxCount, replayMaxBytes } = state.config;
   while (session.replay.length > replayMaxCount || (session.replayBytes > replayMaxBytes && session.replay.length > 1)) {
     const evicted = session.replay.shift()!;
-    session.replayBytes -= evicted.bytes;
-    if (evicted.directed && session.replayFirst > session.writtenUpTo) {
+    session.replayBytes -= entryBytes(evicted);
+    if (typeof evicted !== 'string' && evicted.directed && session.replayFirst > session.writtenUpTo) {
       undeliverable(state, out, evicted, `replay buffer of ${session.clientId} overflowed before it reconnected`);
     }
     session.replayFirst++;
@@ -38,7 +38,7 @@ export function deliver(state: State, out: Output[], session: Session, msg: Rout
 /** Directed events the session was handed but never wrote to a socket, oldest first. */
 export function unwrittenDirected(session: Session): Routed[] {
   const skip = Math.max(0, session.writtenUpTo - session.replayFirst + 1);
-  return session.replay.slice(skip).filter((msg) => msg.directed);
+  return session.replay.slice(skip).filter((entry): entry is Routed => typeof entry !== 'string' && entry.directed);
 }
 
 /** Empties the replay buffer; `s` goes on from where it was. */

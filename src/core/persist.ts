@@ -9,6 +9,7 @@ import type { Compression, Format, Sender, Target } from './protocol.ts';
 import { compileQuery } from './query.ts';
 import {
   createState,
+  entryBytes,
   forgetAppIfEmpty,
   getApp,
   sessionKey,
@@ -63,10 +64,12 @@ export interface SessionRecord {
   wr: number;
 }
 
+/** A buffered event: whole while it is still owed, else just its encoded head. */
 export interface ReplayRecord {
   ord: number;
   s: number;
-  msg: RoutedRecord;
+  head?: string;
+  msg?: RoutedRecord;
 }
 
 export interface AppRecord {
@@ -226,7 +229,8 @@ export class Persister {
     const last = first + replay.length - 1;
     if (stored.first < first && stored.last >= stored.first) changes.trimReplay.push({ ord: stored.ord, below: first });
     for (let s = Math.max(first, stored.last + 1); s <= last; s++) {
-      changes.replay.push({ ord: live.ordinal, s, msg: routedRecord(replay[s - first]!) });
+      const entry = replay[s - first]!;
+      changes.replay.push(typeof entry === 'string' ? { ord: live.ordinal, s, head: entry } : { ord: live.ordinal, s, msg: routedRecord(entry) });
     }
     stored.first = first;
     stored.last = last;
@@ -317,9 +321,9 @@ export class Persister {
       const rows = (replayByOrd.get(record.ord) ?? []).sort((a, b) => a.s - b.s);
       if (rows.length > 0) session.replayFirst = rows[0]!.s;
       for (const row of rows) {
-        const msg = routedFrom(row.msg);
-        session.replay.push(msg);
-        session.replayBytes += msg.bytes;
+        const entry = row.head ?? routedFrom(row.msg!);
+        session.replay.push(entry);
+        session.replayBytes += entryBytes(entry);
       }
       persister.sessions.set(key, { ord: record.ord, first: rows[0]?.s ?? record.seq + 1, last: rows.at(-1)?.s ?? record.seq });
       state.sessions.set(key, session);

@@ -27,6 +27,18 @@ export interface Routed {
   bytes: number;
 }
 
+/**
+ * A replay-buffer entry: the event itself while it is still owed to the
+ * session (not yet written), afterwards only its encoded head. Most entries
+ * are then one flat string, which the garbage collector barely has to look at.
+ */
+export type ReplayEntry = Routed | string;
+
+/** Bytes an entry counts against the replay bound (the same for both forms). */
+export function entryBytes(entry: ReplayEntry): number {
+  return (typeof entry === 'string' ? entry.length : entry.jsonHead.length) + 16;
+}
+
 /** Who sent an event: a session, or the HTTP route. */
 export interface SenderInfo {
   from: Sender;
@@ -54,10 +66,10 @@ export interface Session extends SenderInfo {
   /**
    * The most recent events handed to this session, oldest first. Their `s`
    * are consecutive from `replayFirst`, and every one up to `writtenUpTo` was
-   * handed to an open socket (not proof of receipt, but no longer owed), so an
-   * entry costs one array slot.
+   * handed to an open socket (not proof of receipt, but no longer owed); the
+   * rest are kept whole, to be requeued if the session ends.
    */
-  replay: Routed[];
+  replay: ReplayEntry[];
   replayFirst: number;
   writtenUpTo: number;
   replayBytes: number;

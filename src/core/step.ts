@@ -305,7 +305,9 @@ function replay(state: State, out: Output[], conn: Conn, session: Session, seq: 
   const after = seq ?? 0;
   const replay = session.replay;
   for (let i = Math.max(0, after - session.replayFirst + 1); i < replay.length; i++) {
-    sendRouted(state, out, conn, replay[i]!, session.replayFirst + i);
+    const entry = replay[i]!;
+    sendRouted(state, out, conn, entry, session.replayFirst + i);
+    if (typeof entry !== 'string') replay[i] = entry.jsonHead;
   }
   // What the client says it processed counts as written too.
   session.writtenUpTo = session.seq;
