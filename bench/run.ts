@@ -3,7 +3,7 @@
 // baseline/Nerve run by run, and prints medians, ratios and targets.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -324,6 +324,8 @@ interface Row {
 async function socketRun(runtime: Runtime, scenario: Exclude<Scenario, 'core'>, kind: Kind, run: number, opts: Options): Promise<Row> {
   const base = { runtime, scenario, server: kind, run };
   const prof = runtime === 'node' && opts.profile ? profileDir(kind, scenario, run) : undefined;
+  // A profile left by an earlier invocation must not be mistaken for this run's.
+  if (prof) rmSync(prof, { recursive: true, force: true });
   const cmd = serverCommand(runtime, kind, opts, prof)!;
   const env: Record<string, string> = { NERVE_PORT: '0', NERVE_HOST: '127.0.0.1', NERVE_PASSWORD: PASSWORD };
   // Short enough that idle connections really heartbeat while they are held.

@@ -7,6 +7,7 @@ import type { Output } from './io.ts';
 import { ACK_EVENT, Op, UNDELIVERABLE_EVENT } from './protocol.ts';
 import { pickRendezvous, pickRoundRobin } from './select.ts';
 import { entryBytes, forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type AppState, type Routed, type Session, type State } from './state.ts';
+import { Ring } from './ring.ts';
 import { send, sendRouted } from './wire.ts';
 
 export function matches(session: Session, msg: Routed): boolean {
@@ -43,7 +44,7 @@ export function unwrittenDirected(session: Session): Routed[] {
 
 /** Empties the replay buffer; `s` goes on from where it was. */
 export function clearReplay(session: Session): void {
-  session.replay = [];
+  session.replay = new Ring();
   session.replayBytes = 0;
   session.replayFirst = session.seq + 1;
 }

@@ -7,6 +7,7 @@ import type { ConnId, CoreConfig } from './io.ts';
 import { emptyMetadata, mergeMetadata } from './metadata.ts';
 import type { Compression, Format, Sender, Target } from './protocol.ts';
 import { compileQuery } from './query.ts';
+import { Ring } from './ring.ts';
 import {
   createState,
   entryBytes,
@@ -229,7 +230,7 @@ export class Persister {
     const last = first + replay.length - 1;
     if (stored.first < first && stored.last >= stored.first) changes.trimReplay.push({ ord: stored.ord, below: first });
     for (let s = Math.max(first, stored.last + 1); s <= last; s++) {
-      const entry = replay[s - first]!;
+      const entry = replay.at(s - first);
       changes.replay.push(typeof entry === 'string' ? { ord: live.ordinal, s, head: entry } : { ord: live.ordinal, s, msg: routedRecord(entry) });
     }
     stored.first = first;
@@ -312,7 +313,7 @@ export class Persister {
         seq: record.seq,
         from: { app_name: record.app, client_id: record.id },
         fromJson: JSON.stringify({ app_name: record.app, client_id: record.id }),
-        replay: [],
+        replay: new Ring(),
         replayFirst: record.seq + 1,
         writtenUpTo: record.wr,
         replayBytes: 0,

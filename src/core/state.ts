@@ -5,6 +5,7 @@
 import type { ConnId, CoreConfig } from './io.ts';
 import type { Sender, Target, Wire } from './protocol.ts';
 import type { MetadataTest } from './query.ts';
+import type { Ring } from './ring.ts';
 import { TimerHeap } from './timers.ts';
 
 /** One routed event, shared by every recipient of a fan-out. */
@@ -69,7 +70,7 @@ export interface Session extends SenderInfo {
    * handed to an open socket (not proof of receipt, but no longer owed); the
    * rest are kept whole, to be requeued if the session ends.
    */
-  replay: ReplayEntry[];
+  replay: Ring<ReplayEntry>;
   replayFirst: number;
   writtenUpTo: number;
   replayBytes: number;

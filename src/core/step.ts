@@ -37,6 +37,7 @@ import {
   type Wire,
 } from './protocol.ts';
 import { passwordMatches } from './password.ts';
+import { Ring } from './ring.ts';
 import { compileQuery, QueryError, type MetadataTest } from './query.ts';
 import { IdentifySchema, isPlainObject, validate, validateDispatch, type Dispatch } from './schemas.ts';
 import { forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type Conn, type Session, type State } from './state.ts';
@@ -275,7 +276,7 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
       seq: 0,
       from: { app_name: d.app_name, client_id: d.client_id },
       fromJson: JSON.stringify({ app_name: d.app_name, client_id: d.client_id }),
-      replay: [],
+      replay: new Ring(),
       replayFirst: 1,
       writtenUpTo: 0,
       replayBytes: 0,
@@ -305,9 +306,9 @@ function replay(state: State, out: Output[], conn: Conn, session: Session, seq: 
   const after = seq ?? 0;
   const replay = session.replay;
   for (let i = Math.max(0, after - session.replayFirst + 1); i < replay.length; i++) {
-    const entry = replay[i]!;
+    const entry = replay.at(i);
     sendRouted(state, out, conn, entry, session.replayFirst + i);
-    if (typeof entry !== 'string') replay[i] = entry.jsonHead;
+    if (typeof entry !== 'string') replay.set(i, entry.jsonHead);
   }
   // What the client says it processed counts as written too.
   session.writtenUpTo = session.seq;
