@@ -8,7 +8,7 @@ import { ACK_EVENT, Op, UNDELIVERABLE_EVENT } from './protocol.ts';
 import { pickRendezvous, pickRoundRobin } from './select.ts';
 import { entryBytes, forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type AppState, type Routed, type Session, type State } from './state.ts';
 import { Ring } from './ring.ts';
-import { send, sendRouted } from './wire.ts';
+import { routedText, send, sendRouted } from './wire.ts';
 
 export function matches(session: Session, msg: Routed): boolean {
   return msg.test === undefined || msg.test(session.metadata);
@@ -18,13 +18,28 @@ export function matches(session: Session, msg: Routed): boolean {
 export function deliver(state: State, out: Output[], session: Session, msg: Routed): void {
   const s = ++session.seq;
   touchSession(state, session);
-  session.replayBytes += msg.bytes;
   state.counters.deliveries++;
-  if (session.conn !== null) {
+  const conn = session.conn;
+  if (conn !== null && msg.directed) {
     session.writtenUpTo = s;
-    session.replay.push(msg.jsonHead);
-    sendRouted(state, out, session.conn, msg, s);
-  } else session.replay.push(msg);
+    // A directed event has this one recipient: keep the very text written (on
+    // plain JSON), which the socket flattens, rather than the event's objects.
+    const text = routedText(msg, s);
+    session.replay.push(text);
+    session.replayBytes += text.length;
+    if (conn.plain) {
+      state.counters.framesOut++;
+      out.push({ type: 'send', conn: conn.id, data: text });
+    } else sendRouted(state, out, conn, msg, s);
+  } else {
+    // A fan-out event is kept as the one object all its recipients share.
+    session.replay.push(msg);
+    session.replayBytes += msg.bytes;
+    if (conn !== null) {
+      session.writtenUpTo = s;
+      sendRouted(state, out, conn, msg, s);
+    }
+  }
   const { replayMaxCount, replayMaxBytes } = state.config;
   while (session.replay.length > replayMaxCount || (session.replayBytes > replayMaxBytes && session.replay.length > 1)) {
     const evicted = session.replay.shift()!;

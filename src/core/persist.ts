@@ -65,11 +65,11 @@ export interface SessionRecord {
   wr: number;
 }
 
-/** A buffered event: whole while it is still owed, else just its encoded head. */
+/** A buffered event: whole while it is still owed, else just the JSON text it was written as. */
 export interface ReplayRecord {
   ord: number;
   s: number;
-  head?: string;
+  text?: string;
   msg?: RoutedRecord;
 }
 
@@ -231,7 +231,7 @@ export class Persister {
     if (stored.first < first && stored.last >= stored.first) changes.trimReplay.push({ ord: stored.ord, below: first });
     for (let s = Math.max(first, stored.last + 1); s <= last; s++) {
       const entry = replay.at(s - first);
-      changes.replay.push(typeof entry === 'string' ? { ord: live.ordinal, s, head: entry } : { ord: live.ordinal, s, msg: routedRecord(entry) });
+      changes.replay.push(typeof entry === 'string' ? { ord: live.ordinal, s, text: entry } : { ord: live.ordinal, s, msg: routedRecord(entry) });
     }
     stored.first = first;
     stored.last = last;
@@ -322,7 +322,7 @@ export class Persister {
       const rows = (replayByOrd.get(record.ord) ?? []).sort((a, b) => a.s - b.s);
       if (rows.length > 0) session.replayFirst = rows[0]!.s;
       for (const row of rows) {
-        const entry = row.head ?? routedFrom(row.msg!);
+        const entry = row.text ?? routedFrom(row.msg!);
         session.replay.push(entry);
         session.replayBytes += entryBytes(entry);
       }

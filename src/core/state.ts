@@ -30,14 +30,15 @@ export interface Routed {
 
 /**
  * A replay-buffer entry: the event itself while it is still owed to the
- * session (not yet written), afterwards only its encoded head. Most entries
- * are then one flat string, which the garbage collector barely has to look at.
+ * session (not yet written) or when it is a fan-out shared by many buffers;
+ * otherwise only the JSON text it was written as, `s` included — the very
+ * string handed to the socket, one flat string the collector barely looks at.
  */
 export type ReplayEntry = Routed | string;
 
-/** Bytes an entry counts against the replay bound (the same for both forms). */
+/** Bytes an entry counts against the replay bound. */
 export function entryBytes(entry: ReplayEntry): number {
-  return (typeof entry === 'string' ? entry.length : entry.jsonHead.length) + 16;
+  return typeof entry === 'string' ? entry.length : entry.bytes;
 }
 
 /** Who sent an event: a session, or the HTTP route. */

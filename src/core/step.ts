@@ -41,7 +41,7 @@ import { Ring } from './ring.ts';
 import { compileQuery, QueryError, type MetadataTest } from './query.ts';
 import { IdentifySchema, isPlainObject, validate, validateDispatch, type Dispatch } from './schemas.ts';
 import { forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type Conn, type Session, type State } from './state.ts';
-import { closeConn, createRouted, fail, send, sendHeartbeatAck, sendRouted } from './wire.ts';
+import { closeConn, createRouted, fail, routedText, send, sendHeartbeatAck, sendRouted } from './wire.ts';
 
 const HTTP_SENDER = { from: { app_name: HTTP_SENDER_APP }, fromJson: JSON.stringify({ app_name: HTTP_SENDER_APP }) };
 
@@ -307,8 +307,13 @@ function replay(state: State, out: Output[], conn: Conn, session: Session, seq: 
   const replay = session.replay;
   for (let i = Math.max(0, after - session.replayFirst + 1); i < replay.length; i++) {
     const entry = replay.at(i);
-    sendRouted(state, out, conn, entry, session.replayFirst + i);
-    if (typeof entry !== 'string') replay.set(i, entry.jsonHead);
+    const s = session.replayFirst + i;
+    sendRouted(state, out, conn, entry, s);
+    if (typeof entry !== 'string' && entry.directed) {
+      const text = routedText(entry, s);
+      replay.set(i, text);
+      session.replayBytes += text.length - entry.bytes;
+    }
   }
   // What the client says it processed counts as written too.
   session.writtenUpTo = session.seq;

@@ -6,7 +6,7 @@ import { compress, encodeFrame, packMsgpack } from './codec.ts';
 import type { Output } from './io.ts';
 import { Close, HEARTBEAT_ACK_FRAME, Op, truncateReason, type CloseCode, type Target } from './protocol.ts';
 import type { MetadataTest } from './query.ts';
-import { entryBytes, type Conn, type ReplayEntry, type Routed, type SenderInfo, type State } from './state.ts';
+import type { Conn, ReplayEntry, Routed, SenderInfo, State } from './state.ts';
 
 export function send(state: State, out: Output[], conn: Conn, frame: object): void {
   state.counters.framesOut++;
@@ -42,9 +42,8 @@ export function createRouted(
     `{"op":8,"e":${JSON.stringify(e)},"d":${JSON.stringify(d) ?? 'null'},"from":${sender.fromJson}` +
     (nonce === undefined ? '' : `,"nonce":${JSON.stringify(nonce)}`);
   const directed = target.client_id !== undefined || target.mode !== 'all';
-  const msg: Routed = { e, d, from: sender.from, senderKey: sender.key, nonce, target, test, directed, jsonHead: head, bytes: 0 };
-  msg.bytes = entryBytes(msg);
-  return msg;
+  // 16 bytes cover `,"s":N}` for any s.
+  return { e, d, from: sender.from, senderKey: sender.key, nonce, target, test, directed, jsonHead: head, bytes: head.length + 16 };
 }
 
 /** `s` as a msgpack uint, appended after the key "s". */
@@ -87,14 +86,16 @@ export function encodeRouted(msg: Routed, s: number, conn: Conn): string | Uint8
   return compress(bytes, conn.wire);
 }
 
-/** A replay entry kept only as its JSON head: msgpack readers get it re-encoded (replays are rare). */
-function encodeHead(head: string, s: number, conn: Conn): string | Uint8Array {
-  const json = `${head},"s":${s}}`;
-  return compress(conn.wire.format === 'json' ? json : packMsgpack(JSON.parse(json)), conn.wire);
+/** The JSON text of a routed event for one recipient: what a replay buffer keeps once it is written. */
+export function routedText(msg: Routed, s: number): string {
+  return `${msg.jsonHead},"s":${s}}`;
 }
 
+/** Writes a routed event, or the kept text of one (replays are rare, so msgpack readers get it re-encoded). */
 export function sendRouted(state: State, out: Output[], conn: Conn, entry: ReplayEntry, s: number): void {
   state.counters.framesOut++;
-  const data = typeof entry === 'string' ? encodeHead(entry, s, conn) : encodeRouted(entry, s, conn);
+  let data: string | Uint8Array;
+  if (typeof entry !== 'string') data = encodeRouted(entry, s, conn);
+  else data = compress(conn.wire.format === 'json' ? entry : packMsgpack(JSON.parse(entry)), conn.wire);
   out.push({ type: 'send', conn: conn.id, data });
 }
