@@ -150,20 +150,29 @@ export function deliverHeld(state: State, out: Output[], session: Session): void
  * session or hold; mode all reaches every matching session (resumable ones
  * buffer it) and is pub/sub when nothing matches.
  */
-export function route(state: State, out: Output[], msg: Routed, now: number): { delivered: number; queued: number } {
+export interface Outcome {
+  readonly delivered: number;
+  readonly queued: number;
+}
+// Shared answers for the common outcomes: the hot path allocates none.
+const ONE: Outcome = Object.freeze({ delivered: 1, queued: 0 });
+const NONE: Outcome = Object.freeze({ delivered: 0, queued: 0 });
+const HELD: Outcome = Object.freeze({ delivered: 0, queued: 1 });
+
+export function route(state: State, out: Output[], msg: Routed, now: number): Outcome {
   state.counters.dispatches++;
   const target = msg.target;
   if (target.client_id !== undefined) {
     const session = state.sessions.get(sessionKey(target.app_name, target.client_id));
     if (session && matches(session, msg)) {
       deliver(state, out, session, msg);
-      return { delivered: 1, queued: 0 };
+      return ONE;
     }
-    return { delivered: 0, queued: hold(state, out, msg, now) ? 1 : 0 };
+    return hold(state, out, msg, now) ? HELD : NONE;
   }
   const app = state.apps.get(target.app_name);
   if (target.mode === 'all') {
-    if (!app) return { delivered: 0, queued: 0 };
+    if (!app) return NONE;
     let delivered = 0;
     for (const session of app.sessions) {
       if (session.key === msg.senderKey || !matches(session, msg)) continue;
@@ -177,9 +186,9 @@ export function route(state: State, out: Output[], msg: Routed, now: number): { 
   if (picked) {
     if (target.key === undefined) touchApp(state, app!); // the round-robin cursor moved
     deliver(state, out, picked, msg);
-    return { delivered: 1, queued: 0 };
+    return ONE;
   }
-  return { delivered: 0, queued: hold(state, out, msg, now) ? 1 : 0 };
+  return hold(state, out, msg, now) ? HELD : NONE;
 }
 
 /**

@@ -46,6 +46,7 @@ export class Hub {
   private readonly writeLog: (line: string) => void;
   private readonly arm: (at: number | undefined) => void;
   private idleWaiters: (() => void)[] = [];
+  private readonly messageInput: Input & { type: 'message' } = { type: 'message', now: 0, conn: 0, data: '' };
   private readonly afterStep: ((input: Input, outputs: Output[]) => void) | undefined;
 
   constructor(options: HubOptions) {
@@ -85,7 +86,13 @@ export class Hub {
   }
 
   receive(conn: ConnId, data: string | Uint8Array): void {
-    this.run({ type: 'message', now: this.now(), conn, data });
+    // One input object reused for every frame: step reads it and keeps nothing.
+    const input = this.messageInput;
+    input.now = this.now();
+    input.conn = conn;
+    input.data = data;
+    this.run(input);
+    input.data = '';
   }
 
   /** The transport refused a frame of this connection (too large, or malformed at the WebSocket level). */
