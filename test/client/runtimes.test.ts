@@ -4,9 +4,9 @@
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { build } from 'esbuild';
 import { Miniflare } from 'miniflare';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bundleForWorkers } from '../support/bundle.ts';
 import { startServer, type RunningServer } from '../support/server.ts';
 
 const run = promisify(execFile);
@@ -45,17 +45,8 @@ describe('client SDK on other runtimes', () => {
   }
 
   it('does request/reply inside a Worker (workerd) with its global WebSocket', async () => {
-    const bundle = await build({
-      entryPoints: [`${root}test/client/runtime-worker.ts`],
-      bundle: true,
-      write: false,
-      format: 'esm',
-      platform: 'neutral',
-      target: 'es2022',
-      conditions: ['workerd', 'worker', 'browser'],
-      mainFields: ['module', 'main'],
-    });
-    const mf = new Miniflare({ modules: true, script: bundle.outputFiles[0]!.text, compatibilityDate: '2026-04-20', cf: false });
+    const worker = await bundleForWorkers('test/client/runtime-worker.ts');
+    const mf = new Miniflare({ modules: true, script: worker, compatibilityDate: '2026-04-20', cf: false });
     try {
       const query = new URLSearchParams({ url: server.url, password: server.password });
       const response = await mf.dispatchFetch(`http://localhost/?${query}`);

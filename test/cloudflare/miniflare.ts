@@ -3,7 +3,7 @@
 
 import { Miniflare } from 'miniflare';
 import WebSocket from 'ws';
-import { bundleWorker } from './bundle.ts';
+import { bundleWorker } from '../support/bundle.ts';
 
 export interface RunningWorker {
   mf: Miniflare;

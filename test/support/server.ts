@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { bundleWorker } from '../cloudflare/bundle.ts';
+import { bundleWorker } from './bundle.ts';
 
 export type Runtime = 'node' | 'deno' | 'bun' | 'cloudflare';
 
