@@ -187,7 +187,7 @@ export class Hub {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     if (at === undefined) return;
-    // Timers fire a little late on every runtime; never early, so one tick handles the deadline.
+    // A timer that fires a little early finds nothing due; the tick then re-arms for the same deadline.
     this.timer = setTimeout(() => this.tick(), Math.max(0, at - this.now()));
   }
 }
