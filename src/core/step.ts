@@ -5,7 +5,7 @@
 //
 // Rules, in the order a frame meets them (docs/protocol.md has the prose):
 //   1. frames from a connection we are closing are ignored;
-//   2. size over the limit → 4413; over the rate limit → 4429;
+//   2. over the rate limit → 4429; size over the limit → 4413;
 //   3. undecodable, not an object, bad or unknown op, a server-only op → 4400;
 //   4. anything but HEARTBEAT/IDENTIFY before WELCOME, a second IDENTIFY → 4403;
 //   5. the op's own fields → 4400 (wrong password 4401, taken 4409, metadata too large 4413).
