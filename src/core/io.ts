@@ -7,13 +7,13 @@ import type { CloseCode, Target, Wire } from './protocol.ts';
 export type ConnId = number;
 
 export type Input =
-  /** A WebSocket was accepted; the core answers with HELLO. */
+  /** A connection was accepted; the core answers with HELLO. */
   | { type: 'open'; now: number; conn: ConnId; wire: Wire }
   /** One inbound frame, exactly as received (text → string, binary → bytes). */
   | { type: 'message'; now: number; conn: ConnId; data: string | Uint8Array }
   /**
    * The transport refused a frame before the core could see it (over its size
-   * cap, invalid UTF-8, a WebSocket protocol violation); the core answers it
+   * cap, invalid UTF-8, a framing violation); the core answers it
    * like any bad frame, with NO_U_TBH and 4413 or 4400.
    */
   | { type: 'refused'; now: number; conn: ConnId; tooLarge: boolean; detail?: string }
@@ -26,7 +26,7 @@ export type Input =
   | { type: 'heartbeat'; now: number; conn: ConnId; at: number }
   /** The host's one timer fired: deadlines at or before `now` are handled. */
   | { type: 'tick'; now: number }
-  /** A dispatch from outside the WebSocket world (HTTP `POST /dispatch`). */
+  /** A dispatch that arrived over HTTP (`POST /dispatch`), not a socket. */
   | { type: 'dispatch'; now: number; request: number; body: unknown }
   /** Stop accepting work: GO_AWAY to everyone, close 1001. */
   | { type: 'shutdown'; now: number };

@@ -65,7 +65,7 @@ export interface Sender {
   client_id?: string;
 }
 
-/** WebSocket close reasons are limited to 123 bytes of UTF-8. */
+/** Close reasons are limited to 123 bytes of UTF-8 (RFC 6455). */
 export function truncateReason(reason: string): string {
   if (reason.length <= 41) return reason; // 41 × 3 bytes ≤ 123 whatever the text
   let bytes = 0;

@@ -70,7 +70,7 @@ export function step(state: State, input: Input): [State, Output[]] {
       if (!conn || conn.closing) break;
       const max = state.config.maxPayload;
       if (input.tooLarge) reject(state, out, conn, Close.TOO_LARGE, `frame exceeds the limit of ${max} bytes`, input.now);
-      else reject(state, out, conn, Close.BAD_FRAME, `malformed WebSocket frame${input.detail ? `: ${input.detail}` : ''}`, input.now);
+      else reject(state, out, conn, Close.BAD_FRAME, `malformed frame${input.detail ? `: ${input.detail}` : ''}`, input.now);
       break;
     }
     case 'close':

@@ -145,7 +145,7 @@ describe('errors: NO_U_TBH then close, in the documented order of checks', () =>
     sim.connect(1, 'api', 'a');
     expect(sim.refused(1, true)).toEqual(failure(1, 4413, 'frame exceeds the limit of 100 bytes'));
     sim.open(2);
-    expect(sim.refused(2, false, 'invalid UTF-8 sequence')).toEqual(failure(2, 4400, 'malformed WebSocket frame: invalid UTF-8 sequence'));
+    expect(sim.refused(2, false, 'invalid UTF-8 sequence')).toEqual(failure(2, 4400, 'malformed frame: invalid UTF-8 sequence'));
     expect(sim.state.sessions.size).toBe(0);
   });
 
