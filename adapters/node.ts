@@ -29,24 +29,33 @@ function routeTransportErrors(ws: WebSocket, conn: number): void {
 }
 
 /** Sockets with writes held back this event-loop turn; one syscall each when it ends. */
-const corked: Socket[] = [];
+const corked: BatchedSocket[] = [];
 const uncorkAll = () => {
-  for (const raw of corked) raw.uncork();
+  for (const socket of corked) socket.uncork();
   corked.length = 0;
 };
 
-function batchedSocket(ws: WebSocket): HubSocket {
-  const raw = (ws as unknown as WsInternals)._socket;
-  return {
-    send(data) {
-      if (raw.writableCorked === 0) {
-        raw.cork();
-        if (corked.push(raw) === 1) setImmediate(uncorkAll);
-      }
-      ws.send(data);
-    },
-    close: (code, reason) => ws.close(code, reason),
-  };
+class BatchedSocket implements HubSocket {
+  private corked = false;
+  private readonly raw: Socket;
+  constructor(private readonly ws: WebSocket) {
+    this.raw = (ws as unknown as WsInternals)._socket;
+  }
+  send(data: string | Uint8Array): void {
+    if (!this.corked) {
+      this.corked = true;
+      this.raw.cork();
+      if (corked.push(this) === 1) setImmediate(uncorkAll);
+    }
+    this.ws.send(data);
+  }
+  close(code: number, reason: string): void {
+    this.ws.close(code, reason);
+  }
+  uncork(): void {
+    this.corked = false;
+    this.raw.uncork();
+  }
 }
 
 const server = serve({ fetch: createHttpApp(hub).fetch, port: config.port, hostname: config.host }, (info) =>
@@ -66,7 +75,7 @@ server.on('upgrade', (request, socket, head) => {
   }
   const wire = refused;
   wss.handleUpgrade(request, socket, head, (ws) => {
-    const conn = hub.open(batchedSocket(ws), wire);
+    const conn = hub.open(new BatchedSocket(ws), wire);
     routeTransportErrors(ws, conn);
     ws.on('message', (data: Buffer, isBinary) => hub.receive(conn, isBinary ? data : data.toString()));
     ws.on('close', (code) => hub.closed(conn, code));

@@ -154,7 +154,7 @@ export class Hub {
 
   private run(input: Input): Output[] {
     const [, outputs] = step(this.state, input);
-    for (const output of outputs) this.execute(output);
+    for (let i = 0; i < outputs.length; i++) this.execute(outputs[i]!);
     this.afterStep?.(input, outputs);
     const deadline = nextDeadline(this.state);
     if (deadline !== this.armedAt) {
