@@ -27,10 +27,7 @@ export function deliver(state: State, out: Output[], session: Session, msg: Rout
     const text = routedText(msg, s);
     session.replay.push(text);
     session.replayBytes += text.length;
-    if (conn.plain) {
-      state.counters.framesOut++;
-      out.push({ type: 'send', conn: conn.id, data: text });
-    } else sendRouted(state, out, conn, msg, s);
+    sendRouted(state, out, conn, conn.wire.format === 'json' ? text : msg, s);
   } else {
     // A fan-out event is kept as the one object all its recipients share.
     session.replay.push(msg);

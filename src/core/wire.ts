@@ -75,8 +75,13 @@ function addMapEntry(bytes: Uint8Array): void {
   } else throw new Error(`unexpected msgpack map header 0x${tag.toString(16)}`);
 }
 
+/** The JSON text of a routed event for one recipient: what a replay buffer keeps once it is written. */
+export function routedText(msg: Routed, s: number): string {
+  return `${msg.jsonHead},"s":${s}}`;
+}
+
 export function encodeRouted(msg: Routed, s: number, conn: Conn): string | Uint8Array {
-  if (conn.wire.format === 'json') return compress(`${msg.jsonHead},"s":${s}}`, conn.wire);
+  if (conn.wire.format === 'json') return compress(routedText(msg, s), conn.wire);
   const head = packedHead(msg);
   const tail = packSeq(s);
   const bytes = new Uint8Array(head.byteLength + tail.byteLength);
@@ -84,11 +89,6 @@ export function encodeRouted(msg: Routed, s: number, conn: Conn): string | Uint8
   addMapEntry(bytes);
   bytes.set(tail, head.byteLength);
   return compress(bytes, conn.wire);
-}
-
-/** The JSON text of a routed event for one recipient: what a replay buffer keeps once it is written. */
-export function routedText(msg: Routed, s: number): string {
-  return `${msg.jsonHead},"s":${s}}`;
 }
 
 /** Writes a routed event, or the kept text of one (replays are rare, so msgpack readers get it re-encoded). */
