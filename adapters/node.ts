@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { announce, boot, onSignals } from '../src/host/boot.ts';
 import { createHttpApp, refuseUpgrade } from '../src/host/http.ts';
-import type { HubSocket } from '../src/host/hub.ts';
+import { BatchedSocket } from './node-frames.ts';
 
 const booted = boot(process.env, (code) => process.exit(code));
 const { config, hub } = booted;
@@ -26,36 +26,6 @@ function routeTransportErrors(ws: WebSocket, conn: number): void {
   (ws as unknown as WsInternals)._receiver.prependListener('error', (error) =>
     hub.refused(conn, error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH', error.message.replace(/^Invalid WebSocket frame: /, '')),
   );
-}
-
-/** Sockets with writes held back this event-loop turn; one syscall each when it ends. */
-const corked: BatchedSocket[] = [];
-const uncorkAll = () => {
-  for (const socket of corked) socket.uncork();
-  corked.length = 0;
-};
-
-class BatchedSocket implements HubSocket {
-  private corked = false;
-  private readonly raw: Socket;
-  constructor(private readonly ws: WebSocket) {
-    this.raw = (ws as unknown as WsInternals)._socket;
-  }
-  send(data: string | Uint8Array): void {
-    if (!this.corked) {
-      this.corked = true;
-      this.raw.cork();
-      if (corked.push(this) === 1) setImmediate(uncorkAll);
-    }
-    this.ws.send(data);
-  }
-  close(code: number, reason: string): void {
-    this.ws.close(code, reason);
-  }
-  uncork(): void {
-    this.corked = false;
-    this.raw.uncork();
-  }
 }
 
 const server = serve({ fetch: createHttpApp(hub).fetch, port: config.port, hostname: config.host }, (info) =>
