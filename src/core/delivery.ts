@@ -6,7 +6,7 @@
 import type { Output } from './io.ts';
 import { ACK_EVENT, Op, UNDELIVERABLE_EVENT } from './protocol.ts';
 import { pickRendezvous, pickRoundRobin } from './select.ts';
-import { entryBytes, forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type AppState, type Routed, type Session, type State } from './state.ts';
+import { entryBytes, forgetAppIfEmpty, getApp, touchApp, touchSession, type AppState, type Routed, type Session, type State } from './state.ts';
 import { Ring } from './ring.ts';
 import { routedText, send, sendRouted } from './wire.ts';
 
@@ -160,7 +160,7 @@ export function route(state: State, out: Output[], msg: Routed, now: number): Ou
   state.counters.dispatches++;
   const target = msg.target;
   if (target.client_id !== undefined) {
-    const session = state.sessions.get(sessionKey(target.app_name, target.client_id));
+    const session = state.apps.get(target.app_name)?.byClient.get(target.client_id);
     if (session && matches(session, msg)) {
       deliver(state, out, session, msg);
       return ONE;

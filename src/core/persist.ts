@@ -13,6 +13,7 @@ import {
   entryBytes,
   forgetAppIfEmpty,
   getApp,
+  joinApp,
   sessionKey,
   type Conn,
   type Counters,
@@ -328,7 +329,7 @@ export class Persister {
       }
       persister.sessions.set(key, { ord: record.ord, first: rows[0]?.s ?? record.seq + 1, last: rows.at(-1)?.s ?? record.seq });
       state.sessions.set(key, session);
-      session.app.sessions.push(session);
+      joinApp(session);
       if (record.ord >= state.nextOrdinal) state.nextOrdinal = record.ord + 1;
 
       const conn = record.conn === null ? undefined : state.conns.get(record.conn);

@@ -1,5 +1,6 @@
 // A FIFO over a circular array, for replay buffers: appending and evicting
 // never move the other entries (Array#shift copies the array once it is large).
+// The capacity is a power of two, so positions wrap with a mask.
 
 export class Ring<T> {
   private items: (T | undefined)[] = [];
@@ -8,7 +9,7 @@ export class Ring<T> {
 
   push(item: T): void {
     if (this.length === this.items.length) this.grow();
-    this.items[(this.head + this.length) % this.items.length] = item;
+    this.items[(this.head + this.length) & (this.items.length - 1)] = item;
     this.length++;
   }
 
@@ -16,18 +17,18 @@ export class Ring<T> {
   shift(): T {
     const item = this.items[this.head]!;
     this.items[this.head] = undefined;
-    this.head = (this.head + 1) % this.items.length;
+    this.head = (this.head + 1) & (this.items.length - 1);
     this.length--;
     return item;
   }
 
   /** The entry `index` places after the oldest. */
   at(index: number): T {
-    return this.items[(this.head + index) % this.items.length]!;
+    return this.items[(this.head + index) & (this.items.length - 1)]!;
   }
 
   set(index: number, item: T): void {
-    this.items[(this.head + index) % this.items.length] = item;
+    this.items[(this.head + index) & (this.items.length - 1)] = item;
   }
 
   /** Entries from `start` (default: the oldest) to the newest, as a new array. */

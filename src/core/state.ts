@@ -89,6 +89,8 @@ export interface AppState {
   name: string;
   /** Sessions of this app in identify order (connected or resumable). */
   sessions: Session[];
+  /** The same sessions by client_id: a dispatch to one client finds it without building a key. */
+  byClient: Map<string, Session>;
   /** Ordinal of the last mode-one pick. */
   cursor: number;
   held: Held[];
@@ -177,11 +179,24 @@ export function touchApp(state: State, app: AppState): void {
 export function getApp(state: State, name: string): AppState {
   let app = state.apps.get(name);
   if (!app) {
-    app = { name, sessions: [], cursor: 0, held: [], heldBytes: 0, heldTimerAt: Infinity };
+    app = { name, sessions: [], byClient: new Map(), cursor: 0, held: [], heldBytes: 0, heldTimerAt: Infinity };
     state.apps.set(name, app);
     touchApp(state, app);
   }
   return app;
+}
+
+/** Adds a session to its app, after the others (identify order). */
+export function joinApp(session: Session): void {
+  session.app.sessions.push(session);
+  session.app.byClient.set(session.clientId, session);
+}
+
+export function leaveApp(session: Session): void {
+  const app = session.app;
+  const index = app.sessions.indexOf(session);
+  if (index >= 0) app.sessions.splice(index, 1);
+  if (app.byClient.get(session.clientId) === session) app.byClient.delete(session.clientId);
 }
 
 /** Apps exist only while they have sessions or held messages. */

@@ -40,7 +40,7 @@ import { passwordMatches } from './password.ts';
 import { Ring } from './ring.ts';
 import { compileQuery, QueryError, type MetadataTest } from './query.ts';
 import { IdentifySchema, isPlainObject, validate, validateDispatch, type Dispatch } from './schemas.ts';
-import { forgetAppIfEmpty, getApp, sessionKey, touchApp, touchSession, type Conn, type Session, type State } from './state.ts';
+import { forgetAppIfEmpty, getApp, joinApp, leaveApp, sessionKey, touchApp, touchSession, type Conn, type Session, type State } from './state.ts';
 import { closeConn, createRouted, fail, routedText, send, sendHeartbeatAck, sendRouted } from './wire.ts';
 
 const HTTP_SENDER = { from: { app_name: HTTP_SENDER_APP }, fromJson: JSON.stringify({ app_name: HTTP_SENDER_APP }) };
@@ -283,7 +283,7 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
       expiresAt: 0,
     };
     state.sessions.set(key, session);
-    app.sessions.push(session);
+    joinApp(session);
   }
   session.conn = conn;
   session.connectedAt = now;
@@ -331,8 +331,7 @@ function endSession(state: State, out: Output[], session: Session, now: number):
   state.sessions.delete(session.key);
   touchSession(state, session);
   const app = session.app;
-  const index = app.sessions.indexOf(session);
-  if (index >= 0) app.sessions.splice(index, 1);
+  leaveApp(session);
   if (state.draining) {
     for (const msg of unwrittenDirected(session)) undeliverable(state, out, msg, 'server is shutting down');
   } else requeueUnwritten(state, out, session, now);

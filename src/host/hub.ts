@@ -153,7 +153,7 @@ export class Hub {
   }
 
   private run(input: Input): Output[] {
-    const [, outputs] = step(this.state, input);
+    const outputs = step(this.state, input)[1];
     for (let i = 0; i < outputs.length; i++) this.execute(outputs[i]!);
     this.afterStep?.(input, outputs);
     const deadline = nextDeadline(this.state);

@@ -5,6 +5,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Sim, type Event } from './harness.ts';
+import type { State } from '../../src/core/index.ts';
 
 const RECEIVERS = ['g0', 'g1', 'g2', 'g3'] as const;
 type ReceiverId = (typeof RECEIVERS)[number];
@@ -58,6 +59,20 @@ interface Sent {
   directed: boolean;
   /** Mode all: the sessions that matched when it was sent. */
   expected?: number;
+}
+
+/** Every session is listed once by its app, in order and by client_id, and nothing else is. */
+function indexViolations(state: State): string[] {
+  const found: string[] = [];
+  for (const [key, session] of state.sessions) {
+    if (state.apps.get(session.app.name) !== session.app) found.push(`${key}: its app is not in state.apps`);
+    if (session.app.byClient.get(session.clientId) !== session) found.push(`${key}: missing from its app's client index`);
+  }
+  for (const app of state.apps.values()) {
+    if (app.byClient.size !== app.sessions.length) found.push(`${app.name}: index has ${app.byClient.size}, list ${app.sessions.length}`);
+    for (const session of app.sessions) if (state.sessions.get(session.key) !== session) found.push(`${session.key}: listed but ended`);
+  }
+  return found;
 }
 
 /** Runs one history; returns what every party observed. */
@@ -153,6 +168,7 @@ function run(commands: Command[], resumeWithSeq: boolean) {
         break;
     }
     for (const r of model.values()) if (r.conn === null && r.hasSession && !resumable(r)) r.hasSession = false;
+    violations.push(...indexViolations(sim.state));
   }
   // Let every window and TTL run out, so every directed message has its outcome.
   observe(sim.advance(RESUME_WINDOW + CONFIG.queueTtl * 2 + 1));
