@@ -58,7 +58,7 @@ function options() {
     runtimes: list('runtimes', ALL_RUNTIMES),
     scenarios: list('scenarios', ALL_SCENARIOS),
     servers: list<Kind>('servers', ['baseline', 'nerve']),
-    runs: num('runs', 3, 1),
+    runs: num('runs', 5, 1),
     warmupMs: num('warmup-ms', 1000, 200),
     measureMs: num('measure-ms', 3000, 500),
     latencyMs: num('latency-ms', 2000, 500),
@@ -80,7 +80,7 @@ type Options = ReturnType<typeof options>;
 const HELP = `npm run bench -- [flags]   (each flag also reads BENCH_<NAME>, e.g. BENCH_RUNS=5)
   --smoke                seconds-long run with tiny counts (CI)
   --runtimes node,bun,deno   --scenarios pairs,latency,fanout,connections,core
-  --servers baseline,nerve   --runs N (3)          --profile (node --cpu-prof of the Node servers, top functions printed)
+  --servers baseline,nerve   --runs N (5)          --profile (node --cpu-prof of the Node servers, top functions printed)
   --warmup-ms 1000  --measure-ms 3000  --latency-ms 2000  --hold-ms 2000  --core-ms 500
   --pairs 8  --window 500  --consumers 200  --fan-window 32  --payload-bytes 100
   --connections 5000  --concurrency 100  --out FILE.json
