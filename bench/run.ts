@@ -297,27 +297,25 @@ async function waitForQuiet(maxMs: number): Promise<number> {
 
 // ---- one measured run ----
 
-interface Row {
+/**
+ * What each run measures and the summary gives the median of. `otherCpu` is the
+ * CPU (in cores) used during the window by processes other than this server and client.
+ */
+const MEASURES = ['rate', 'p50Us', 'p99Us', 'clientCpu', 'serverCpu', 'otherCpu', 'bytesPerConn', 'connectSeconds'] as const;
+type Measures = { [K in (typeof MEASURES)[number]]?: number };
+
+interface Row extends Measures {
   runtime: Runtime;
   scenario: Scenario;
   server: Kind;
   run: number;
   ok: boolean;
   error?: string;
-  rate?: number;
-  p50Us?: number;
-  p99Us?: number;
-  clientCpu?: number;
-  serverCpu?: number;
-  /** CPU (in cores) used during the window by processes other than this server and client. */
-  otherCpu?: number;
   clientSaturated?: boolean;
   lost?: number;
   errorCount?: number;
   rssBefore?: number;
   rssAfter?: number;
-  bytesPerConn?: number;
-  connectSeconds?: number;
   raw?: unknown;
 }
 
@@ -435,20 +433,12 @@ function table(rows: string[][]): string {
   return rows.map((r, k) => r.map((c, i) => (i < 3 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ') + (k === 0 ? '\n' + w.map((x) => '-'.repeat(x)).join('  ') : '')).join('\n');
 }
 
-interface Summary {
+interface Summary extends Measures {
   runtime: Runtime;
   scenario: Scenario;
   server: Kind;
   runs: number;
   failed: number;
-  rate?: number;
-  p50Us?: number;
-  p99Us?: number;
-  clientCpu?: number;
-  serverCpu?: number;
-  otherCpu?: number;
-  bytesPerConn?: number;
-  connectSeconds?: number;
   clientSaturated: boolean;
   errors: string[];
 }
@@ -469,24 +459,17 @@ function summarize(rows: Row[]): Summary[] {
     const [runtime, scenario, server] = k.split('|') as [Runtime, Scenario, Kind];
     const rs = rows.filter((r) => r.runtime === runtime && r.scenario === scenario && r.server === server);
     const ok = rs.filter((r) => r.ok);
-    const med = (f: (r: Row) => number | undefined) => (ok.length ? median(ok.map((r) => f(r) ?? NaN)) : undefined);
-    out.push({
+    const summary: Summary = {
       runtime,
       scenario,
       server,
       runs: rs.length,
       failed: rs.length - ok.length,
-      rate: med((r) => r.rate),
-      p50Us: med((r) => r.p50Us),
-      p99Us: med((r) => r.p99Us),
-      clientCpu: med((r) => r.clientCpu),
-      serverCpu: med((r) => r.serverCpu),
-      otherCpu: med((r) => r.otherCpu),
-      bytesPerConn: med((r) => r.bytesPerConn),
-      connectSeconds: med((r) => r.connectSeconds),
       clientSaturated: ok.some((r) => r.clientSaturated),
       errors: [...new Set(rs.filter((r) => r.error).map((r) => r.error!))].slice(0, 3),
-    });
+    };
+    for (const key of MEASURES) summary[key] = ok.length ? median(ok.map((r) => r[key] ?? NaN)) : undefined;
+    out.push(summary);
   }
   return out;
 }

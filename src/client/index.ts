@@ -3,23 +3,5 @@
 
 export { NerveClient } from './client.ts';
 export { FATAL_CLOSE_CODES, NerveError, type NerveErrorCode } from './errors.ts';
-export type {
-  ConnectionState,
-  EventData,
-  EventHandler,
-  EventName,
-  Metadata,
-  MessageFor,
-  NerveClientOptions,
-  NerveMessage,
-  ReplyData,
-  RequestOptions,
-  Sender,
-  ServerEvents,
-  ServerMessage,
-  StateHandler,
-  StateInfo,
-  Target,
-  WebSocketConstructor,
-  WebSocketLike,
-} from './types.ts';
+// Every type the client speaks in: options, messages, states, typed event maps.
+export type * from './types.ts';
