@@ -58,6 +58,20 @@ export interface Limits {
   replayMaxBytes: number;
   /** inbound frames per second per connection; 0 = off. Burst is two seconds' worth. */
   rateLimit: number;
+  /** nesting levels of objects and arrays in any frame or HTTP body (d, metadata, query). */
+  maxDepth: number;
+  /** elements of one `$in`, `$nin` or `$all` operand in a query. */
+  maxQueryOperands: number;
+  /** conditions, operators and operand values in one query, counted together. */
+  maxQueryTerms: number;
+  /** bytes written to a connection that its transport has not yet handed to the OS; over it → slow consumer. */
+  maxOutbound: number;
+  /** bytes of held events, replay buffers and metadata across the whole hub. */
+  maxMemory: number;
+  /** open WebSocket connections, identified or not. */
+  maxConnections: number;
+  /** open connections that have not identified yet. */
+  maxUnidentified: number;
 }
 
 export interface CoreConfig extends Limits {
@@ -77,6 +91,13 @@ export const DEFAULT_LIMITS: Limits = {
   replayMaxCount: 1_000,
   replayMaxBytes: 4 * 1_048_576,
   rateLimit: 0,
+  maxDepth: 32,
+  maxQueryOperands: 256,
+  maxQueryTerms: 512,
+  maxOutbound: 8 * 1_048_576,
+  maxMemory: 1024 * 1_048_576,
+  maxConnections: 20_000,
+  maxUnidentified: 1_000,
 };
 
 export type { Target, Wire };

@@ -24,6 +24,10 @@ export const Close = {
   CONFLICT: 4409,
   TOO_LARGE: 4413,
   RATE_LIMITED: 4429,
+  /** Too many connections (or unidentified connections) on this hub. */
+  AT_CAPACITY: 4503,
+  /** The client stopped reading: its unsent frames passed the outbound limit. Resumable. */
+  SLOW_CONSUMER: 4507,
 } as const;
 export type CloseCode = (typeof Close)[keyof typeof Close];
 
