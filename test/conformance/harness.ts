@@ -9,11 +9,19 @@ import { closeAllClients, TestClient, type ClientOptions, type Closed } from './
 export type Runtime = support.Runtime;
 export type { RunningServer } from '../support/server.ts';
 
-// test/support/server.ts owns the list of runtimes it can start; until it
-// exports one, only Node exists. NERVE_RUNTIMES=node,bun narrows a local run.
-const declared = ((support as Record<string, unknown>).RUNTIMES as readonly Runtime[] | undefined) ?? (['node'] as Runtime[]);
+// test/support/server.ts owns the list of runtimes it can start. Without it
+// the suite must stop rather than quietly run against fewer runtimes, and a
+// name in NERVE_RUNTIMES (node,bun narrows a local run) that it does not know
+// is a typo, not a reason to run nothing.
+const declared: unknown = (support as Record<string, unknown>).RUNTIMES;
+if (!Array.isArray(declared) || declared.length === 0) {
+  throw new Error('test/support/server.ts exports no RUNTIMES list: the conformance suite cannot tell which runtimes to run against');
+}
 const wanted = process.env.NERVE_RUNTIMES?.split(',').map((name) => name.trim()).filter(Boolean);
-export const RUNTIMES: readonly Runtime[] = wanted ? declared.filter((runtime) => wanted.includes(runtime)) : declared;
+for (const name of wanted ?? []) {
+  if (!declared.includes(name)) throw new Error(`NERVE_RUNTIMES names "${name}", which test/support/server.ts cannot start (known: ${declared.join(', ')})`);
+}
+export const RUNTIMES: readonly Runtime[] = wanted ? (declared as Runtime[]).filter((runtime) => wanted.includes(runtime)) : (declared as Runtime[]);
 
 export const HEARTBEAT_INTERVAL = 1000;
 export const QUEUE_TTL = 500;
