@@ -1,6 +1,6 @@
 // Shared setup of the conformance suite: which runtimes it runs against, the
 // short-timeout server config, one server per describe, and helpers that
-// connect, identify and check error closes the way PROTOCOL.md words them.
+// connect, identify and check error closes the way docs/protocol.md words them.
 
 import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import * as support from '../support/server.ts';
@@ -109,7 +109,7 @@ export function truncated(reason: string): string {
 }
 
 /**
- * The §5 error contract: NO_U_TBH with a reason matching `reason`, then a
+ * The §4 error contract: NO_U_TBH with a reason matching `reason`, then a
  * close with `code` and the same reason (truncated to 123 bytes).
  */
 export async function expectError(client: TestClient, code: number, reason: RegExp | string, timeout = 3000): Promise<{ reason: string; closed: Closed }> {

@@ -1,4 +1,4 @@
-// PROTOCOL.md §9 (HTTP on the WebSocket port): /health, /metrics, /clients
+// docs/protocol.md §9 (HTTP on the WebSocket port): /health, /metrics, /clients
 // and POST /dispatch, with their auth and error answers.
 
 import { describe, expect, it } from 'vitest';

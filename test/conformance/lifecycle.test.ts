@@ -1,6 +1,6 @@
-// PROTOCOL.md §2–§5: HELLO, IDENTIFY, WELCOME, heartbeats, both timeouts, and
-// every error close (NO_U_TBH first, same reason, the right code), including
-// the order in which the checks run and the rate limit.
+// docs/protocol.md §3 (lifecycle) and §4 (errors): HELLO, IDENTIFY, WELCOME,
+// heartbeats, both timeouts, and every error close (NO_U_TBH first, same
+// reason, the right code), including the order of the checks and the rate limit.
 
 import { describe, expect, it } from 'vitest';
 import { TestClient } from './client.ts';
@@ -9,7 +9,7 @@ import { connect, dispatchFrame, eventually, expectError, HEARTBEAT_INTERVAL, id
 const QUIET = { heartbeatEvery: 0 };
 
 for (const runtime of RUNTIMES) {
-  describe(`${runtime}: §4 lifecycle`, () => {
+  describe(`${runtime}: §3 lifecycle`, () => {
     const server = useServer(runtime);
 
     it('HELLO announces the heartbeat interval and a worker id', async () => {
@@ -84,7 +84,7 @@ for (const runtime of RUNTIMES) {
   });
 
   // Each of these waits out a real deadline; they run side by side on their own server.
-  describe.concurrent(`${runtime}: §4 timeouts`, () => {
+  describe.concurrent(`${runtime}: §3 timeouts`, () => {
     const server = useServer(runtime, {}, { concurrent: true });
 
     it('no IDENTIFY within heartbeat_interval → NO_U_TBH and 4408', async () => {
@@ -129,7 +129,7 @@ for (const runtime of RUNTIMES) {
     });
   });
 
-  describe(`${runtime}: §5 errors`, () => {
+  describe(`${runtime}: §4 errors`, () => {
     const server = useServer(runtime);
 
     /** Connects, optionally identifies, sends one frame and checks the error close. */
@@ -287,7 +287,7 @@ for (const runtime of RUNTIMES) {
     });
   });
 
-  describe(`${runtime}: §5 rate limit`, () => {
+  describe(`${runtime}: §4 errors: rate limit`, () => {
     const server = useServer(runtime, { NERVE_RATE_LIMIT: '5' });
 
     it('frames within the burst (2 s worth) are served', async () => {

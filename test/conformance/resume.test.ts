@@ -1,4 +1,4 @@
-// PROTOCOL.md §8 (reconnecting and resume): replay with and without seq, fresh
+// docs/protocol.md §7 (sessions and resume): replay with and without seq, fresh
 // sessions, which closes keep a session, and what happens to undelivered
 // messages when the resume window ends.
 
@@ -44,7 +44,7 @@ async function routed(client: TestClient): Promise<[number, unknown][]> {
 }
 
 for (const runtime of RUNTIMES) {
-  describe(`${runtime}: §8 resume`, () => {
+  describe(`${runtime}: §7 resume`, () => {
     const server = useServer(runtime);
 
     it('reconnect:true with seq replays only what came after it, in order, with the original s, once', async () => {
@@ -163,7 +163,7 @@ for (const runtime of RUNTIMES) {
   });
 
   // Each of these waits out a real resume window; they run side by side on their own server.
-  describe.concurrent(`${runtime}: §8 resume window`, () => {
+  describe.concurrent(`${runtime}: §7 resume window`, () => {
     const server = useServer(runtime, {}, { concurrent: true });
 
     it('a heartbeat timeout (4408) keeps the session resumable', async () => {

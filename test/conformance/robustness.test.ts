@@ -1,4 +1,4 @@
-// PROTOCOL.md §5's promise under load: bad frames never crash the server,
+// docs/protocol.md §4 (errors) under load: bad frames never crash the server,
 // never affect another connection, and never lose or reorder a message
 // accepted from someone else.
 

@@ -1,4 +1,4 @@
-// PROTOCOL.md §6 (ABOUT_ME metadata) and §7 (DISPATCH routing): targets,
+// docs/protocol.md §5 (ABOUT_ME metadata) and §6 (DISPATCH routing): targets,
 // modes, queries, round robin, sticky keys, ACKs, held queues and their TTL,
 // and per-session sequence numbers.
 
@@ -46,7 +46,7 @@ async function whoGot(clients: Record<string, TestClient>, e: string): Promise<M
 }
 
 for (const runtime of RUNTIMES) {
-  describe(`${runtime}: §6 ABOUT_ME`, () => {
+  describe(`${runtime}: §5 ABOUT_ME`, () => {
     const server = useServer(runtime);
 
     it('IDENTIFY metadata, then ABOUT_ME shallow-merges and null removes a key, as GET /clients shows', async () => {
@@ -106,7 +106,7 @@ for (const runtime of RUNTIMES) {
     });
   });
 
-  describe(`${runtime}: §7 DISPATCH`, () => {
+  describe(`${runtime}: §6 DISPATCH`, () => {
     const server = useServer(runtime);
 
     it('to a client_id: the recipient gets e, d, from, nonce and s; the sender gets NERVE_ACK', async () => {

@@ -1,4 +1,4 @@
-// PROTOCOL.md §10 (GO_AWAY and shutdown): on SIGTERM every connection gets
+// docs/protocol.md §10 (GO_AWAY and shutdown): on SIGTERM every connection gets
 // GO_AWAY then 1001, held work is reported to its senders, new connections are
 // refused, and the process exits 0 within the drain timeout.
 

@@ -1,4 +1,4 @@
-// PROTOCOL.md §1 (transport): the wire formats and frame types, refused
+// docs/protocol.md §1 (connecting): the wire formats and frame types, refused
 // upgrades, and the size limits on received and inflated bytes.
 
 import { zlibSync } from 'fflate';
@@ -29,7 +29,7 @@ function refusedUpgrade(url: string): Promise<{ status: number; body: string; ty
 }
 
 for (const runtime of RUNTIMES) {
-  describe(`${runtime}: §1 transport`, () => {
+  describe(`${runtime}: §1 connecting`, () => {
     const server = useServer(runtime);
 
     for (const wire of WIRES) {
@@ -69,7 +69,7 @@ for (const runtime of RUNTIMES) {
         const ping = await to.event('PING');
         // c0 already got c1's PONG, so c3's PING is its second routed frame.
         expect(ping).toEqual({ op: 8, e: 'PING', d: { from: i, text: 'héllo ✓' }, from: { app_name: app, client_id: `c${i}` }, nonce, s: i === clients.length - 1 ? 2 : 1 });
-        // The recipient answers the way §7 says replies work: to `from`, with the same nonce.
+        // The recipient answers the way §6 (Replies) says replies work: to `from`, with the same nonce.
         to.send(dispatchFrame('PONG', { app_name: ping.from.app_name, client_id: ping.from.client_id }, { d: 'pong', nonce }));
         const pong = await from.event('PONG');
         expect(pong).toMatchObject({ e: 'PONG', d: 'pong', nonce, from: { app_name: app, client_id: toId } });

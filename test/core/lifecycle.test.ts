@@ -1,5 +1,6 @@
-// Core rules of sections 2–6 and 10: HELLO, IDENTIFY, heartbeats, timeouts,
-// every error close in its order of checks, ABOUT_ME and GO_AWAY.
+// Core rules of docs/protocol.md §2 (frames) to §5 (ABOUT_ME) and §10 (GO_AWAY):
+// HELLO, IDENTIFY, heartbeats, timeouts, every error close in its order of
+// checks, ABOUT_ME and GO_AWAY.
 
 import { describe, expect, it } from 'vitest';
 import { failure, framesTo, JSON_WIRE, Sim } from './harness.ts';

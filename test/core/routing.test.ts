@@ -1,5 +1,6 @@
-// Core rules of sections 7–8: queries, selection, acks, held queues, TTLs,
-// sequence numbers, replay on resume, and requeue when a session ends.
+// Core rules of docs/protocol.md §6 (DISPATCH) and §7 (resume): queries,
+// selection, acks, held queues, TTLs, sequence numbers, replay on resume, and
+// requeue when a session ends.
 
 import { describe, expect, it } from 'vitest';
 import { framesTo, Sim, type Event } from './harness.ts';
