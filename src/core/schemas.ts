@@ -2,8 +2,10 @@
 // was wrong, because it is sent verbatim to the client in NO_U_TBH.
 
 import * as v from 'valibot';
+import { RESERVED_EVENT_PREFIX } from './protocol.ts';
 
-const MAX_NAME = 128;
+/** The longest app_name, client_id, event name, nonce or to.key, in characters. */
+export const MAX_NAME = 128;
 
 function name(field: string) {
   const message = `${field} must be a non-empty string`;
@@ -40,7 +42,6 @@ export const IdentifySchema = strictObject(
     ),
   },
 );
-export type Identify = v.InferOutput<typeof IdentifySchema>;
 
 export const TargetSchema = strictObject(
   'to',
@@ -57,7 +58,7 @@ export const TargetSchema = strictObject(
 export const DispatchSchema = v.object({
   e: v.pipe(
     name('e'),
-    v.check((e) => !e.startsWith('NERVE_'), 'e must not start with NERVE_ (reserved for server events)'),
+    v.check((e) => !e.startsWith(RESERVED_EVENT_PREFIX), `e must not start with ${RESERVED_EVENT_PREFIX} (reserved for server events)`),
   ),
   d: v.optional(v.unknown()),
   to: TargetSchema,
@@ -82,7 +83,7 @@ export function validateDispatch(body: unknown): Validated<Dispatch> {
     const { e, to, nonce } = body;
     if (
       isName(e) &&
-      !e.startsWith('NERVE_') &&
+      !e.startsWith(RESERVED_EVENT_PREFIX) &&
       isPlainObject(to) &&
       isName(to.app_name) &&
       (to.client_id === undefined || isName(to.client_id)) &&

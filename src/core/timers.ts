@@ -10,14 +10,6 @@ export interface TimerEntry<T> {
 export class TimerHeap<T> {
   private readonly items: TimerEntry<T>[] = [];
 
-  get size(): number {
-    return this.items.length;
-  }
-
-  peek(): number | undefined {
-    return this.items[0]?.at;
-  }
-
   /** The earliest entry itself, so a caller can tell a stale one from a live one. */
   peekEntry(): TimerEntry<T> | undefined {
     return this.items[0];

@@ -3,7 +3,8 @@
 
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { DispatchSchema, validate, validateDispatch } from '../../src/core/schemas.ts';
+import { RESERVED_EVENT_PREFIX } from '../../src/core/protocol.ts';
+import { DispatchSchema, IdentifySchema, MAX_NAME, validate, validateDispatch } from '../../src/core/schemas.ts';
 
 const name = fc.oneof(fc.string({ maxLength: 3 }), fc.constant(''), fc.constant('NERVE_X'), fc.string({ minLength: 127, maxLength: 130 }));
 const maybe = <T>(arb: fc.Arbitrary<T>) => fc.option(fc.oneof(arb, fc.anything()), { nil: undefined });
@@ -40,5 +41,39 @@ describe('DISPATCH validation fast path', () => {
       }),
       { numRuns: 5_000 },
     );
+  });
+});
+
+// The client SDK checks names before sending; both sides must use the same limits.
+describe('shared name rules', () => {
+  const fits = 'x'.repeat(MAX_NAME);
+  const over = 'x'.repeat(MAX_NAME + 1);
+  const dispatches: ((name: string) => Record<string, unknown>)[] = [
+    (name) => ({ e: name, to: { app_name: 'a' } }),
+    (name) => ({ e: 'E', to: { app_name: name } }),
+    (name) => ({ e: 'E', to: { app_name: 'a', client_id: name } }),
+    (name) => ({ e: 'E', to: { app_name: 'a', key: name } }),
+    (name) => ({ e: 'E', to: { app_name: 'a' }, nonce: name }),
+  ];
+
+  it('MAX_NAME is the longest name every field takes', () => {
+    expect(MAX_NAME).toBe(128);
+    for (const make of dispatches) {
+      expect(validateDispatch(make(fits)).ok, JSON.stringify(make('…'))).toBe(true);
+      expect(validateDispatch(make(over)).ok, JSON.stringify(make('…'))).toBe(false);
+    }
+    for (const field of ['app_name', 'client_id']) {
+      const identify = (name: string) => ({ app_name: 'a', client_id: 'c', password: 'pw', [field]: name });
+      expect(validate(IdentifySchema, identify(fits)).ok).toBe(true);
+      expect(validate(IdentifySchema, identify(over))).toEqual({ ok: false, error: `${field} must be at most ${MAX_NAME} characters` });
+    }
+  });
+
+  it('event names may not start with RESERVED_EVENT_PREFIX, on the fast path and the schema alike', () => {
+    const reserved = { e: `${RESERVED_EVENT_PREFIX}ACK`, to: { app_name: 'a' } };
+    const error = `e must not start with ${RESERVED_EVENT_PREFIX} (reserved for server events)`;
+    expect(validateDispatch(reserved)).toEqual({ ok: false, error });
+    expect(validate(DispatchSchema, reserved)).toEqual({ ok: false, error });
+    expect(validateDispatch({ e: `X${RESERVED_EVENT_PREFIX}`, to: { app_name: 'a' } }).ok).toBe(true);
   });
 });
