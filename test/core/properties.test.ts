@@ -19,6 +19,12 @@ type Command =
   | { t: 'wait'; ms: number };
 
 const receiver = fc.constantFrom(...RECEIVERS);
+/** Frames from a careless or hostile peer: text, any JSON, op-shaped objects with anything inside. */
+const anyFrame = fc.oneof(
+  fc.string(),
+  fc.json(),
+  fc.record({ op: fc.integer({ min: -1, max: 9 }), d: fc.anything(), e: fc.option(fc.string()), to: fc.anything() }),
+);
 const command: fc.Arbitrary<Command> = fc.oneof(
   { weight: 3, arbitrary: fc.record({ t: fc.constant('connect' as const), c: receiver, fresh: fc.boolean(), ready: fc.boolean() }) },
   { weight: 2, arbitrary: fc.record({ t: fc.constant('drop' as const), c: receiver }) },
@@ -223,14 +229,80 @@ describe('delivery guarantees under random histories', () => {
     );
   });
 
-  it('never throws on arbitrary frames, in any state', () => {
-    const frame = fc.oneof(
-      fc.string(),
-      fc.json(),
-      fc.record({ op: fc.integer({ min: -1, max: 9 }), d: fc.anything(), e: fc.option(fc.string()), to: fc.anything() }),
-    );
+  it('never throws on arbitrary frames, in any state, from a host that keeps the embedding contract', () => {
     fc.assert(
-      fc.property(fc.array(fc.tuple(fc.boolean(), frame), { maxLength: 20 }), (frames) => {
+      fc.property(fc.array(fc.tuple(fc.boolean(), anyFrame), { maxLength: 20 }), (frames) => {
+        const host = new ContractHost();
+        let identified = host.identify();
+        let anonymous = host.open();
+        for (const [toIdentified, data] of frames) {
+          if (host.isClosed(identified)) identified = host.identify();
+          if (host.isClosed(anonymous)) anonymous = host.open();
+          host.send(toIdentified ? identified : anonymous, data);
+        }
+        expect(host.sim.internalErrors).toEqual([]);
+        expect([...host.sim.state.conns.keys()].filter((conn) => host.isClosed(conn)), 'connections the core still knows after their close').toEqual([]);
+      }),
+      { numRuns: 1_000 },
+    );
+  });
+});
+
+/**
+ * A host as docs/embedding.md asks: a fresh id for every connection, and a
+ * `close` fed for every connection the core closes, with the close code, as a
+ * WebSocket transport reports the end of the closing handshake.
+ */
+class ContractHost {
+  readonly sim = new Sim();
+  private nextId = 1;
+  private readonly closed = new Set<number>();
+
+  open(): number {
+    const conn = this.fresh();
+    this.settle(this.sim.open(conn));
+    return conn;
+  }
+
+  identify(): number {
+    const conn = this.fresh();
+    this.settle(this.sim.connect(conn, 'api', `a${conn}`));
+    return conn;
+  }
+
+  send(conn: number, data: unknown): void {
+    this.settle(this.sim.send(conn, typeof data === 'string' ? data : (data as object)));
+  }
+
+  isClosed(conn: number): boolean {
+    return this.closed.has(conn);
+  }
+
+  private fresh(): number {
+    const conn = this.nextId++;
+    expect(this.sim.state.conns.has(conn), `id ${conn} is still known to the core`).toBe(false);
+    return conn;
+  }
+
+  /** Feeds the transport's close for every close the core asked for, including those that closing causes. */
+  private settle(events: Event[]): void {
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i]!;
+      if (!('close' in event) || this.closed.has(event.conn)) continue;
+      this.closed.add(event.conn);
+      events.push(...this.sim.close(event.conn, event.close));
+    }
+  }
+}
+
+// Reusing an id the core still knows breaks docs/embedding.md: the core then
+// takes the new connection for the old one (the old one's late close ends the
+// new one; a reused live id gets the old session's events). It must still
+// never throw.
+describe('a host that breaks the embedding contract', () => {
+  it('never throws when it reopens an id without feeding its close', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.boolean(), anyFrame), { maxLength: 20 }), (frames) => {
         const sim = new Sim();
         sim.connect(1, 'api', 'a');
         let conn = 2;
