@@ -1,37 +1,75 @@
 // Where a routed event goes and what becomes of it: handed to sessions (with
 // `s` and a replay-buffer entry), held for a recipient that is not there yet,
 // or reported to its sender as NERVE_UNDELIVERABLE. No directed event (mode
-// one or client_id) ever disappears without one of these outcomes.
+// one or client_id) ever disappears without one of these outcomes: an event
+// counts as written only once the host has handed it to the OS (see
+// `Conn.unflushedFrom`), and every byte kept is counted against the budget.
 
 import type { Output } from './io.ts';
 import { ACK_EVENT, Op, UNDELIVERABLE_EVENT } from './protocol.ts';
 import { pickRendezvous, pickRoundRobin } from './select.ts';
-import { entryBytes, forgetAppIfEmpty, getApp, touchApp, touchSession, type AppState, type Routed, type Session, type State } from './state.ts';
+import {
+  entryBytes,
+  forgetAppIfEmpty,
+  getApp,
+  overBudget,
+  sessionKey,
+  touchApp,
+  touchSession,
+  type AppState,
+  type Conn,
+  type ReplayEntry,
+  type Routed,
+  type Session,
+  type State,
+} from './state.ts';
 import { Ring } from './ring.ts';
-import { routedText, send, sendRouted } from './wire.ts';
+import { createRouted, routedText, send, sendRouted } from './wire.ts';
+
+function addReplayBytes(state: State, session: Session, delta: number): void {
+  session.replayBytes += delta;
+  state.memory.replay += delta;
+}
+
+function addHeldBytes(state: State, app: AppState, delta: number): void {
+  app.heldBytes += delta;
+  state.memory.held += delta;
+}
+
+/** The reason a dispatch gets when the hub's memory budget is spent. */
+export function hubFullReason(state: State): string {
+  return `hub is full: its memory budget of ${state.config.maxMemory} bytes is in use`;
+}
 
 export function matches(session: Session, msg: Routed): boolean {
   return msg.test === undefined || msg.test(session.metadata);
 }
 
-/** Gives the event the session's next `s`, buffers it for replay, and writes it if connected. */
-export function deliver(state: State, out: Output[], session: Session, msg: Routed): void {
+/**
+ * Gives the event the session's next `s`, buffers it for replay, and writes it
+ * if connected. A disconnected session's buffer does not grow past the memory
+ * budget: then nothing is handed over and the caller reports it.
+ */
+export function deliver(state: State, out: Output[], session: Session, msg: Routed): boolean {
+  const conn = session.conn;
+  if (conn === null && overBudget(state, msg.bytes)) return false;
   const s = ++session.seq;
   touchSession(state, session);
   state.counters.deliveries++;
-  const conn = session.conn;
-  if (conn !== null && msg.directed) {
+  if (conn !== null && msg.directed && msg.target.client_id !== undefined) {
     session.writtenUpTo = s;
-    // A directed event has this one recipient: keep the very text written (on
-    // plain JSON), which the socket flattens, rather than the event's objects.
+    // An event for this one client is kept as the very text written (on plain
+    // JSON), one flat string the collector barely looks at; everything else
+    // about it can be rebuilt from the text and the session (routedFromText).
     const text = routedText(msg, s);
     session.replay.push(text);
-    session.replayBytes += text.length;
+    addReplayBytes(state, session, text.length);
     sendRouted(state, out, conn, conn.wire.format === 'json' ? text : msg, s);
   } else {
-    // A fan-out event is kept as the one object all its recipients share.
+    // Fan-out events are one object all recipients share; a mode-one event
+    // keeps its target, which a requeue needs whole.
     session.replay.push(msg);
-    session.replayBytes += msg.bytes;
+    addReplayBytes(state, session, msg.bytes);
     if (conn !== null) {
       session.writtenUpTo = s;
       sendRouted(state, out, conn, msg, s);
@@ -39,25 +77,101 @@ export function deliver(state: State, out: Output[], session: Session, msg: Rout
   }
   const { replayMaxCount, replayMaxBytes } = state.config;
   while (session.replay.length > replayMaxCount || (session.replayBytes > replayMaxBytes && session.replay.length > 1)) {
-    const evicted = session.replay.shift()!;
-    session.replayBytes -= entryBytes(evicted);
-    if (typeof evicted !== 'string' && evicted.directed && session.replayFirst > session.writtenUpTo) {
-      undeliverable(state, out, evicted, `replay buffer of ${session.clientId} overflowed before it reconnected`);
-    }
-    session.replayFirst++;
+    evictOldest(state, out, session);
   }
+  if (conn !== null) shedWritten(state, out, session);
+  return true;
+}
+
+/**
+ * Drops the oldest buffered event. One the transport still holds for a
+ * connected session cannot be dropped as delivered: its reader is a whole
+ * buffer behind, so the connection is marked to be cut as a slow consumer
+ * (at the end of this step) and the event counts as never written.
+ */
+function evictOldest(state: State, out: Output[], session: Session): void {
+  const conn = session.conn;
+  if (conn !== null && session.replayFirst >= conn.unflushedFrom) markSlow(state, conn, session);
+  const evicted = session.replay.shift()!;
+  addReplayBytes(state, session, -entryBytes(evicted));
+  if (session.replayFirst > session.writtenUpTo) {
+    const msg = owedEvent(session, evicted);
+    if (msg) undeliverable(state, out, msg, `replay buffer of ${session.clientId} overflowed before it reconnected`);
+  }
+  session.replayFirst++;
+}
+
+/** Over the memory budget, a connected session gives up the oldest events it has already written. */
+function shedWritten(state: State, out: Output[], session: Session): void {
+  const conn = session.conn!;
+  while (
+    overBudget(state, 0) &&
+    session.replay.length > 1 &&
+    session.replayFirst <= session.writtenUpTo &&
+    session.replayFirst < conn.unflushedFrom
+  ) {
+    evictOldest(state, out, session);
+  }
+}
+
+/** Connections found a whole replay buffer behind; `step` cuts them once the input is handled. */
+function markSlow(state: State, conn: Conn, session: Session): void {
+  session.writtenUpTo = Math.min(session.writtenUpTo, conn.unflushedFrom - 1);
+  if (!state.slowConns.includes(conn)) state.slowConns.push(conn);
+}
+
+/** The directed event behind a buffered entry, or undefined for a fan-out event. */
+function owedEvent(session: Session, entry: ReplayEntry): Routed | undefined {
+  if (typeof entry === 'string') return routedFromText(session, entry);
+  return entry.directed ? entry : undefined;
+}
+
+/**
+ * Rebuilds the event a kept text was written from. Texts are only kept for
+ * events sent to this session's client_id, so the target is the session; the
+ * sender is whoever `from` names.
+ */
+function routedFromText(session: Session, text: string): Routed {
+  const frame = JSON.parse(text) as { e: string; d: unknown; from: { app_name: string; client_id?: string }; nonce?: string };
+  const from = frame.from;
+  const sender = {
+    from,
+    fromJson: JSON.stringify(from),
+    key: from.client_id === undefined ? undefined : sessionKey(from.app_name, from.client_id),
+  };
+  const msg = createRouted(frame.e, frame.d, sender, frame.nonce, { app_name: session.app.name, client_id: session.clientId }, undefined);
+  msg.d = undefined;
+  return msg;
 }
 
 /** Directed events the session was handed but never wrote to a socket, oldest first. */
 export function unwrittenDirected(session: Session): Routed[] {
-  const skip = Math.max(0, session.writtenUpTo - session.replayFirst + 1);
-  return session.replay.slice(skip).filter((entry): entry is Routed => typeof entry !== 'string' && entry.directed);
+  const owed: Routed[] = [];
+  for (let i = Math.max(0, session.writtenUpTo - session.replayFirst + 1); i < session.replay.length; i++) {
+    const msg = owedEvent(session, session.replay.at(i));
+    if (msg) owed.push(msg);
+  }
+  return owed;
+}
+
+/**
+ * The host reported what the transport still holds for a connection. Events
+ * from `unflushedFrom` on are not delivered if the connection dies.
+ */
+export function noteBacklog(state: State, conn: Conn, bytes: number, unflushedFrom: number): void {
+  conn.backlog = bytes;
+  conn.unflushedFrom = bytes > 0 ? unflushedFrom : Infinity;
+}
+
+/** A connection that is cut while the transport still holds events: they count as never written. */
+export function forgetUnflushed(conn: Conn, session: Session): void {
+  if (conn.unflushedFrom !== Infinity) session.writtenUpTo = Math.min(session.writtenUpTo, conn.unflushedFrom - 1);
 }
 
 /** Empties the replay buffer; `s` goes on from where it was. */
-export function clearReplay(session: Session): void {
+export function clearReplay(state: State, session: Session): void {
   session.replay = new Ring();
-  session.replayBytes = 0;
+  addReplayBytes(state, session, -session.replayBytes);
   session.replayFirst = session.seq + 1;
 }
 
@@ -80,15 +194,21 @@ export function acknowledge(state: State, out: Output[], senderKey: string, nonc
 export function hold(state: State, out: Output[], msg: Routed, now: number): boolean {
   const app = getApp(state, msg.target.app_name);
   const { queueMaxCount, queueMaxBytes, queueTtl } = state.config;
-  if (app.held.length >= queueMaxCount || app.heldBytes + msg.bytes > queueMaxBytes) {
-    undeliverable(state, out, msg, `queue for app ${app.name} is full`);
+  const full =
+    app.held.length >= queueMaxCount || app.heldBytes + msg.bytes > queueMaxBytes
+      ? `queue for app ${app.name} is full`
+      : overBudget(state, msg.bytes)
+        ? hubFullReason(state)
+        : undefined;
+  if (full !== undefined) {
+    undeliverable(state, out, msg, full);
     forgetAppIfEmpty(state, app);
     return false;
   }
   const expiresAt = now + queueTtl;
   touchApp(state, app);
   app.held.push({ msg, expiresAt, done: false });
-  app.heldBytes += msg.bytes;
+  addHeldBytes(state, app, msg.bytes);
   state.counters.queued++;
   if (app.heldTimerAt > expiresAt) {
     app.heldTimerAt = expiresAt;
@@ -111,7 +231,7 @@ export function expireHeld(state: State, out: Output[], app: AppState, now: numb
   const gone = app.held.splice(0, expired);
   for (const held of gone) {
     if (held.done) continue;
-    app.heldBytes -= held.msg.bytes;
+    addHeldBytes(state, app, -held.msg.bytes);
     undeliverable(state, out, held.msg, `${describeTarget(held.msg)} within ${state.config.queueTtl} ms`);
   }
   const next = app.held[0];
@@ -132,7 +252,7 @@ export function deliverHeld(state: State, out: Output[], session: Session): void
     if (msg.target.client_id !== undefined ? msg.target.client_id !== session.clientId : msg.senderKey === session.key) continue;
     if (!matches(session, msg)) continue;
     held.done = true;
-    app.heldBytes -= msg.bytes;
+    addHeldBytes(state, app, -msg.bytes);
     delivered++;
     deliver(state, out, session, msg);
   }
@@ -157,13 +277,21 @@ const NONE: Outcome = Object.freeze({ delivered: 0, queued: 0 });
 const HELD: Outcome = Object.freeze({ delivered: 0, queued: 1 });
 
 export function route(state: State, out: Output[], msg: Routed, now: number): Outcome {
+  const outcome = routeTo(state, out, msg, now);
+  // Kept events hold their JSON text, not the decoded data (see Routed.d).
+  msg.d = undefined;
+  return outcome;
+}
+
+function routeTo(state: State, out: Output[], msg: Routed, now: number): Outcome {
   state.counters.dispatches++;
   const target = msg.target;
   if (target.client_id !== undefined) {
     const session = state.apps.get(target.app_name)?.byClient.get(target.client_id);
     if (session && matches(session, msg)) {
-      deliver(state, out, session, msg);
-      return ONE;
+      if (deliver(state, out, session, msg)) return ONE;
+      undeliverable(state, out, msg, hubFullReason(state));
+      return NONE;
     }
     return hold(state, out, msg, now) ? HELD : NONE;
   }
@@ -173,10 +301,9 @@ export function route(state: State, out: Output[], msg: Routed, now: number): Ou
     let delivered = 0;
     for (const session of app.sessions) {
       if (session.key === msg.senderKey || !matches(session, msg)) continue;
-      deliver(state, out, session, msg);
-      delivered++;
+      if (deliver(state, out, session, msg)) delivered++;
     }
-    return { delivered, queued: 0 };
+    return delivered === 1 ? ONE : delivered === 0 ? NONE : { delivered, queued: 0 };
   }
   const eligible = (session: Session) => session.conn !== null && session.key !== msg.senderKey && matches(session, msg);
   const picked = app && (target.key === undefined ? pickRoundRobin(app, eligible) : pickRendezvous(app, target.key, eligible));
@@ -195,5 +322,5 @@ export function route(state: State, out: Output[], msg: Routed, now: number): Ou
 export function requeueUnwritten(state: State, out: Output[], session: Session, now: number): void {
   touchSession(state, session);
   for (const msg of unwrittenDirected(session)) hold(state, out, msg, now);
-  clearReplay(session);
+  clearReplay(state, session);
 }

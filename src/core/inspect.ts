@@ -1,6 +1,6 @@
 // Read-only views of the state for /health, /metrics and /clients.
 
-import type { Counters, State } from './state.ts';
+import type { Counters, Memory, State } from './state.ts';
 
 export interface ClientInfo {
   app_name: string;
@@ -30,20 +30,30 @@ export function listClients(state: State, appName?: string): ClientInfo[] {
 }
 
 export interface Stats extends Counters {
+  /** Open connections whose close has not been sent. */
   connections: number;
+  unidentified: number;
   clients: number;
   resumable: number;
   held: number;
+  memory: Memory;
+  /** Bytes transports hold for connections that are behind, as last reported. */
+  outboundBacklog: number;
 }
 
 export function stats(state: State): Stats {
   let held = 0;
   for (const app of state.apps.values()) held += app.held.length;
+  let outboundBacklog = 0;
+  for (const conn of state.conns.values()) if (!conn.closing && Number.isFinite(conn.backlog)) outboundBacklog += conn.backlog;
   return {
     ...state.counters,
-    connections: state.conns.size,
+    connections: state.liveConns,
+    unidentified: state.unidentifiedConns,
     clients: state.connectedClients,
     resumable: state.sessions.size - state.connectedClients,
     held,
+    memory: { ...state.memory },
+    outboundBacklog,
   };
 }

@@ -29,15 +29,25 @@ export type Input =
   /** A dispatch that arrived over HTTP (`POST /dispatch`), not a socket. */
   | { type: 'dispatch'; now: number; request: number; body: unknown }
   /** Stop accepting work: GO_AWAY to everyone, close 1001. */
-  | { type: 'shutdown'; now: number };
+  | { type: 'shutdown'; now: number }
+  /**
+   * What the transport holds for a connection after a flush: `bytes` not yet
+   * handed to the OS (Infinity if it dropped a frame), and the `s` of the
+   * oldest routed event among them. Reported when it becomes non-zero, while
+   * it stays non-zero, and when it is zero again.
+   */
+  | { type: 'backlog'; now: number; conn: ConnId; bytes: number; unflushedFrom: number };
 
 export type Output =
-  | { type: 'send'; conn: ConnId; data: string | Uint8Array }
+  /** `s` is set on routed events, so a host can tell which ones its transport still holds. */
+  | { type: 'send'; conn: ConnId; data: string | Uint8Array; s?: number }
   | { type: 'close'; conn: ConnId; code: CloseCode; reason: string }
+  /** Drop the connection now, discarding what the transport still holds (follows a close). */
+  | { type: 'terminate'; conn: ConnId }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; msg: string; fields?: Record<string, unknown> }
   /** The answer to a `dispatch` input. */
   | { type: 'dispatched'; request: number; delivered: number; queued: number }
-  | { type: 'rejected'; request: number; status: 400 | 503; error: string };
+  | { type: 'rejected'; request: number; status: 400 | 429 | 503; error: string };
 
 export interface Limits {
   /** ms between heartbeats, announced in HELLO. */

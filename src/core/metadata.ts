@@ -10,8 +10,11 @@ export interface MetadataRecord {
   metadataBytes: number;
 }
 
+/** `{}`: what a client with no metadata counts against the budget. */
+export const EMPTY_METADATA_BYTES = 2;
+
 export function emptyMetadata(): MetadataRecord {
-  return { metadata: Object.create(null), metadataSizes: new Map(), metadataBytes: 2 };
+  return { metadata: Object.create(null), metadataSizes: new Map(), metadataBytes: EMPTY_METADATA_BYTES };
 }
 
 function entrySize(key: string, value: unknown): number {

@@ -7,13 +7,14 @@ import type { ConnId, CoreConfig } from './io.ts';
 import { emptyMetadata, mergeMetadata } from './metadata.ts';
 import type { Compression, Format, Sender, Target } from './protocol.ts';
 import { compileQuery } from './query.ts';
-import { Ring } from './ring.ts';
 import {
   createState,
   entryBytes,
   forgetAppIfEmpty,
   getApp,
   joinApp,
+  newConn,
+  newSession,
   sessionKey,
   type Conn,
   type Counters,
@@ -23,7 +24,7 @@ import {
   type State,
 } from './state.ts';
 import { connDeadline } from './step.ts';
-import { createRouted } from './wire.ts';
+import { createRouted, routedFrame } from './wire.ts';
 
 /** One connection, small enough for a socket attachment (a few hundred bytes at most). */
 export interface ConnRecord {
@@ -137,17 +138,19 @@ export function connRecord(conn: Conn, rateLimited: boolean): ConnRecord {
 }
 
 function routedRecord(msg: Routed): RoutedRecord {
-  const record: RoutedRecord = { e: msg.e, d: msg.d, from: msg.from, to: msg.target };
+  const record: RoutedRecord = { e: msg.e, d: routedFrame(msg).d, from: msg.from, to: msg.target };
   if (msg.senderKey !== undefined) record.sk = msg.senderKey;
   if (msg.nonce !== undefined) record.n = msg.nonce;
   return record;
 }
 
-function routedFrom(record: RoutedRecord): Routed {
+function routedFrom(record: RoutedRecord, config: CoreConfig): Routed {
   // The query compiled when the event was accepted, so it compiles again.
-  const test = record.to.query === undefined ? undefined : compileQuery(record.to.query);
+  const test = record.to.query === undefined ? undefined : compileQuery(record.to.query, config);
   const sender = { from: record.from, fromJson: JSON.stringify(record.from), key: record.sk };
-  return createRouted(record.e, record.d, sender, record.n, record.to, test);
+  const msg = createRouted(record.e, record.d, sender, record.n, record.to, test);
+  msg.d = undefined;
+  return msg;
 }
 
 function sessionRecord(session: Session): SessionRecord {
@@ -276,18 +279,10 @@ export class Persister {
     }
 
     for (const record of conns) {
-      const conn: Conn = {
-        id: record.id,
-        wire: { format: record.f, compression: record.c },
-        plain: record.f === 'json' && record.c === 'none',
-        openedAt: record.o,
-        lastHeartbeat: record.h,
-        session: null,
-        closing: record.x === true,
-        tokens: record.t ?? config.rateLimit * 2,
-        tokensAt: record.ta ?? now,
-        timerAt: 0,
-      };
+      const conn = newConn(record.id, { format: record.f, compression: record.c }, record.o, record.t ?? config.rateLimit * 2);
+      conn.lastHeartbeat = record.h;
+      conn.closing = record.x === true;
+      conn.tokensAt = record.ta ?? now;
       state.conns.set(conn.id, conn);
     }
     const claimedBy = new Map<ConnId, string | undefined>(conns.map((record) => [record.id, record.k]));
@@ -303,31 +298,19 @@ export class Persister {
       const key = sessionKey(record.app, record.id);
       const metadata = emptyMetadata();
       mergeMetadata(metadata, record.md, Infinity);
-      const session: Session = {
-        key,
-        app: getApp(state, record.app),
-        clientId: record.id,
-        ...metadata,
-        conn: null,
-        ordinal: record.ord,
-        connectedAt: record.at,
-        seq: record.seq,
-        from: { app_name: record.app, client_id: record.id },
-        fromJson: JSON.stringify({ app_name: record.app, client_id: record.id }),
-        replay: new Ring(),
-        replayFirst: record.seq + 1,
-        writtenUpTo: record.wr,
-        replayBytes: 0,
-        expiresAt: record.exp,
-      };
+      const session = newSession(getApp(state, record.app), record.id, metadata, record.ord, record.at, record.seq);
+      session.writtenUpTo = record.wr;
+      session.expiresAt = record.exp;
       const rows = (replayByOrd.get(record.ord) ?? []).sort((a, b) => a.s - b.s);
       if (rows.length > 0) session.replayFirst = rows[0]!.s;
       for (const row of rows) {
-        const entry = row.text ?? routedFrom(row.msg!);
+        const entry = row.text ?? routedFrom(row.msg!, config);
         session.replay.push(entry);
         session.replayBytes += entryBytes(entry);
+        state.memory.replay += entryBytes(entry);
       }
       persister.sessions.set(key, { ord: record.ord, first: rows[0]?.s ?? record.seq + 1, last: rows.at(-1)?.s ?? record.seq });
+      state.memory.metadata += session.metadataBytes;
       state.sessions.set(key, session);
       joinApp(session);
       if (record.ord >= state.nextOrdinal) state.nextOrdinal = record.ord + 1;
@@ -359,9 +342,10 @@ export class Persister {
       const rows = (heldByApp.get(record.name) ?? []).sort((a, b) => a.id - b.id);
       const ids = new Set<number>();
       for (const row of rows) {
-        const held: Held = { msg: routedFrom(row.msg), expiresAt: row.exp, done: false };
+        const held: Held = { msg: routedFrom(row.msg, config), expiresAt: row.exp, done: false };
         app.held.push(held);
         app.heldBytes += held.msg.bytes;
+        state.memory.held += held.msg.bytes;
         persister.heldIds.set(held, row.id);
         ids.add(row.id);
         if (row.id >= persister.nextHeld) persister.nextHeld = row.id + 1;
@@ -376,6 +360,8 @@ export class Persister {
 
     for (const conn of state.conns.values()) {
       if (conn.closing) continue;
+      state.liveConns++;
+      if (!conn.session) state.unidentifiedConns++;
       conn.timerAt = connDeadline(state, conn);
       state.timers.push(conn.timerAt, { kind: 'conn', conn });
     }

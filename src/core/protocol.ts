@@ -17,6 +17,8 @@ export type Op = (typeof Op)[keyof typeof Op];
 /** Close codes mirror HTTP statuses (4400 = bad request, 4401 = unauthorized…). */
 export const Close = {
   GOING_AWAY: 1001,
+  /** A fault of the server's own while handling this connection's frame; the session stays resumable. */
+  INTERNAL_ERROR: 1011,
   BAD_FRAME: 4400,
   BAD_PASSWORD: 4401,
   FORBIDDEN: 4403,

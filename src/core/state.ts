@@ -3,15 +3,20 @@
 // changes it.
 
 import type { ConnId, CoreConfig } from './io.ts';
+import type { MetadataRecord } from './metadata.ts';
 import type { Sender, Target, Wire } from './protocol.ts';
 import type { MetadataTest } from './query.ts';
-import type { Ring } from './ring.ts';
+import { Ring } from './ring.ts';
 import { TimerHeap } from './timers.ts';
 
 /** One routed event, shared by every recipient of a fan-out. */
 export interface Routed {
   e: string;
-  d: unknown;
+  /**
+   * The decoded data while the event is being routed; dropped once routing is
+   * done, so a held or buffered event keeps only its JSON text (see routedFrame).
+   */
+  d?: unknown;
   from: Sender;
   /** The sender's session key, to report NERVE_UNDELIVERABLE; absent for HTTP. */
   senderKey?: string;
@@ -24,7 +29,7 @@ export interface Routed {
   jsonHead: string;
   /** The same frame in msgpack, built on first use. */
   packHead?: Uint8Array;
-  /** Approximate bytes, for the queue and replay bounds. */
+  /** What the event costs while kept: its JSON text plus its query, counted against every bound. */
   bytes: number;
 }
 
@@ -113,6 +118,14 @@ export interface Conn {
   tokensAt: number;
   /** When the pending timer entry for this connection fires. */
   timerAt: number;
+  /** Bytes the transport holds for this connection, not yet handed to the OS (reported by the host). */
+  backlog: number;
+  /**
+   * The `s` of the oldest routed event the transport has not handed to the OS
+   * yet; Infinity when nothing is pending. Events from here on are not
+   * delivered if the connection dies: they are replayed, requeued or reported.
+   */
+  unflushedFrom: number;
 }
 
 export type TimerRef = { kind: 'conn'; conn: Conn } | { kind: 'session'; session: Session } | { kind: 'app'; app: AppState };
@@ -125,6 +138,16 @@ export interface Counters {
   queued: number;
   undeliverable: number;
   errors: Record<number, number>;
+  /** Frames and connections refused, by the kind of refusal (see refusalKind). */
+  refused: Record<string, number>;
+  slowConsumers: number;
+}
+
+/** Bytes kept in memory on behalf of clients, each counted against the hub's budget. */
+export interface Memory {
+  held: number;
+  replay: number;
+  metadata: number;
 }
 
 /**
@@ -145,6 +168,15 @@ export interface State {
   nextOrdinal: number;
   /** Sessions with an open connection. */
   connectedClients: number;
+  /** Connections not closing, and those of them that have not identified yet. */
+  liveConns: number;
+  unidentifiedConns: number;
+  memory: Memory;
+  /** Token bucket of the HTTP dispatch route, when a rate limit is set. */
+  httpTokens: number;
+  httpTokensAt: number;
+  /** Connections found too far behind during this step, cut when it ends. */
+  slowConns: Conn[];
   draining: boolean;
   counters: Counters;
   changes?: Changes;
@@ -159,8 +191,65 @@ export function createState(config: CoreConfig): State {
     timers: new TimerHeap(),
     nextOrdinal: 1,
     connectedClients: 0,
+    liveConns: 0,
+    unidentifiedConns: 0,
+    memory: { held: 0, replay: 0, metadata: 0 },
+    httpTokens: config.rateLimit * 2,
+    httpTokensAt: 0,
+    slowConns: [],
     draining: false,
-    counters: { framesIn: 0, framesOut: 0, dispatches: 0, deliveries: 0, queued: 0, undeliverable: 0, errors: {} },
+    counters: { framesIn: 0, framesOut: 0, dispatches: 0, deliveries: 0, queued: 0, undeliverable: 0, errors: {}, refused: {}, slowConsumers: 0 },
+  };
+}
+
+/** Bytes of the memory budget in use. */
+export function memoryUsed(state: State): number {
+  const { held, replay, metadata } = state.memory;
+  return held + replay + metadata;
+}
+
+/** Whether `bytes` more would pass the hub's memory budget. */
+export function overBudget(state: State, bytes: number): boolean {
+  return memoryUsed(state) + bytes > state.config.maxMemory;
+}
+
+/** A connection as it is accepted: nothing sent yet, not identified. */
+export function newConn(id: ConnId, wire: Wire, now: number, tokens: number): Conn {
+  return {
+    id,
+    wire,
+    plain: wire.format === 'json' && wire.compression === 'none',
+    openedAt: now,
+    lastHeartbeat: now,
+    session: null,
+    closing: false,
+    tokens,
+    tokensAt: now,
+    timerAt: 0,
+    backlog: 0,
+    unflushedFrom: Infinity,
+  };
+}
+
+/** A session with nothing delivered yet; `seq` is the last `s` it was handed. */
+export function newSession(app: AppState, clientId: string, metadata: MetadataRecord, ordinal: number, now: number, seq = 0): Session {
+  const from = { app_name: app.name, client_id: clientId };
+  return {
+    key: sessionKey(app.name, clientId),
+    app,
+    clientId,
+    ...metadata,
+    conn: null,
+    ordinal,
+    connectedAt: now,
+    seq,
+    from,
+    fromJson: JSON.stringify(from),
+    replay: new Ring(),
+    replayFirst: seq + 1,
+    writtenUpTo: seq,
+    replayBytes: 0,
+    expiresAt: 0,
   };
 }
 

@@ -9,22 +9,25 @@
 //   3. undecodable, not an object, bad or unknown op, a server-only op → 4400;
 //   4. anything but HEARTBEAT/IDENTIFY before WELCOME, a second IDENTIFY → 4403;
 //   5. the op's own fields → 4400 (wrong password 4401, taken 4409, metadata too large 4413).
-// A timed-out (4408) or dropped session stays resumable; any other error close,
-// a client's own 1000/1001 close, or GO_AWAY ends it.
+// A timed-out (4408), slow (4507) or dropped session stays resumable; any other
+// error close, a client's own 1000/1001 close, or GO_AWAY ends it.
 
 import { DecodeError, decodeFrame, frameSize } from './codec.ts';
 import {
   acknowledge,
+  clearReplay,
   deliverHeld,
   expireHeld,
+  forgetUnflushed,
+  hubFullReason,
+  noteBacklog,
   requeueUnwritten,
-  clearReplay,
-  unwrittenDirected,
   route,
   undeliverable,
+  unwrittenDirected,
 } from './delivery.ts';
 import type { ConnId, Input, Output } from './io.ts';
-import { emptyMetadata, mergeMetadata } from './metadata.ts';
+import { EMPTY_METADATA_BYTES, emptyMetadata, mergeMetadata, type MetadataRecord } from './metadata.ts';
 import {
   Close,
   GO_AWAY_TEXT,
@@ -37,11 +40,23 @@ import {
   type Wire,
 } from './protocol.ts';
 import { passwordMatches } from './password.ts';
-import { Ring } from './ring.ts';
 import { compileQuery, QueryError, type MetadataTest } from './query.ts';
 import { IdentifySchema, isPlainObject, validate, validateDispatch, type Dispatch } from './schemas.ts';
-import { forgetAppIfEmpty, getApp, joinApp, leaveApp, sessionKey, touchApp, touchSession, type Conn, type Session, type State } from './state.ts';
-import { closeConn, createRouted, fail, routedText, send, sendHeartbeatAck, sendRouted } from './wire.ts';
+import {
+  forgetAppIfEmpty,
+  getApp,
+  joinApp,
+  leaveApp,
+  newConn,
+  newSession,
+  sessionKey,
+  touchApp,
+  touchSession,
+  type Conn,
+  type Session,
+  type State,
+} from './state.ts';
+import { closeConn, createRouted, fail, send, sendHeartbeatAck, sendRouted } from './wire.ts';
 
 const HTTP_SENDER = { from: { app_name: HTTP_SENDER_APP }, fromJson: JSON.stringify({ app_name: HTTP_SENDER_APP }) };
 
@@ -59,8 +74,11 @@ export function step(state: State, input: Input): [State, Output[]] {
         try {
           message(state, out, conn, input.data, input.now);
         } catch (error) {
-          // A bug of ours, not the peer's fault: report it, keep the connection.
+          // A bug of ours, not the peer's fault: report it and close this one
+          // connection, its session kept resumable, rather than go on from a
+          // half-updated state.
           out.push({ type: 'log', level: 'error', msg: 'internal error handling a frame', fields: describeError(error, conn) });
+          if (!conn.closing) reject(state, out, conn, Close.INTERNAL_ERROR, 'internal error', input.now);
         }
       }
       break;
@@ -88,7 +106,11 @@ export function step(state: State, input: Input): [State, Output[]] {
     case 'shutdown':
       shutdown(state, out);
       break;
+    case 'backlog':
+      backlog(state, out, input.conn, input.bytes, input.unflushedFrom, input.now);
+      break;
   }
+  if (state.slowConns.length > 0) cutSlowConsumers(state, out, input.now);
   return [state, out];
 }
 
@@ -99,23 +121,21 @@ function describeError(error: unknown, conn: Conn): Record<string, unknown> {
 // ── connections ────────────────────────────────────────────────────────────
 
 function open(state: State, out: Output[], id: ConnId, wire: Wire, now: number): void {
-  const conn: Conn = {
-    id,
-    wire,
-    plain: wire.format === 'json' && wire.compression === 'none',
-    openedAt: now,
-    lastHeartbeat: now,
-    session: null,
-    closing: false,
-    tokens: state.config.rateLimit * 2,
-    tokensAt: now,
-    timerAt: 0,
-  };
+  const conn = newConn(id, wire, now, state.config.rateLimit * 2);
   state.conns.set(id, conn);
+  state.liveConns++;
+  state.unidentifiedConns++;
   if (state.draining) {
     send(state, out, conn, { op: Op.GO_AWAY, d: GO_AWAY_TEXT });
     closeConn(state, out, conn, Close.GOING_AWAY, GO_AWAY_TEXT);
     return;
+  }
+  const { maxConnections, maxUnidentified } = state.config;
+  if (state.liveConns > maxConnections) {
+    return fail(state, out, conn, Close.AT_CAPACITY, `too many connections: this hub serves at most ${maxConnections}`);
+  }
+  if (state.unidentifiedConns > maxUnidentified) {
+    return fail(state, out, conn, Close.AT_CAPACITY, `too many connections waiting to identify: at most ${maxUnidentified}`);
   }
   send(state, out, conn, { op: Op.HELLO, d: { heartbeat_interval: state.config.heartbeatInterval, worker: state.config.worker } });
   armConn(state, conn);
@@ -132,14 +152,50 @@ function armConn(state: State, conn: Conn): void {
   state.timers.push(conn.timerAt, { kind: 'conn', conn });
 }
 
-/** Closes on a protocol error; the session ends unless the error was a timeout. */
+/** Closes that leave the session resumable: the client did nothing wrong that a resume would repeat. */
+const RESUMABLE_CLOSES: ReadonlySet<number> = new Set([Close.TIMEOUT, Close.SLOW_CONSUMER, Close.INTERNAL_ERROR]);
+
+/** Closes on a protocol error; the session ends unless the close leaves it resumable. */
 function reject(state: State, out: Output[], conn: Conn, code: CloseCode, reason: string, now: number): void {
   fail(state, out, conn, code, reason);
   const session = conn.session;
   if (!session) return;
   detach(state, conn, session);
-  if (code === Close.TIMEOUT) keepResumable(state, out, session, now);
+  if (RESUMABLE_CLOSES.has(code)) keepResumable(state, out, session, now);
   else endSession(state, out, session, now);
+}
+
+/** The host reported what its transport holds for a connection. */
+function backlog(state: State, out: Output[], id: ConnId, bytes: number, unflushedFrom: number, now: number): void {
+  const conn = state.conns.get(id);
+  if (!conn || conn.closing) return;
+  noteBacklog(state, conn, bytes, unflushedFrom);
+  const limit = state.config.maxOutbound;
+  if (bytes > limit) {
+    const held = Number.isFinite(bytes) ? `${bytes} bytes` : 'more than the transport would hold';
+    cutSlowConsumer(state, out, conn, `slow consumer: ${held} unread, over the limit of ${limit}`, now);
+  }
+}
+
+/**
+ * A client that stopped reading. What the transport still held for it counts
+ * as never written (replayed on resume, requeued, or reported to its senders),
+ * and the host drops the connection after the close if the peer does not read it.
+ */
+function cutSlowConsumer(state: State, out: Output[], conn: Conn, reason: string, now: number): void {
+  if (conn.closing) return;
+  state.counters.slowConsumers++;
+  if (conn.session) forgetUnflushed(conn, conn.session);
+  reject(state, out, conn, Close.SLOW_CONSUMER, reason, now);
+}
+
+function cutSlowConsumers(state: State, out: Output[], now: number): void {
+  const conns = state.slowConns;
+  state.slowConns = [];
+  const limit = state.config.replayMaxCount;
+  for (const conn of conns) {
+    cutSlowConsumer(state, out, conn, `slow consumer: more than its replay buffer (${limit} events) unread`, now);
+  }
 }
 
 function detach(state: State, conn: Conn, session: Session): void {
@@ -154,7 +210,13 @@ function transportClosed(state: State, out: Output[], id: ConnId, code: number |
   if (!conn) return;
   state.conns.delete(id);
   const session = conn.session;
+  if (!conn.closing) {
+    state.liveConns--;
+    if (!session) state.unidentifiedConns--;
+  }
   if (!session) return;
+  // Whatever the transport still held died with it.
+  forgetUnflushed(conn, session);
   detach(state, conn, session);
   // A client that closes with 1000 or 1001 is saying goodbye, as on Discord's gateway.
   if (code === 1000 || code === 1001) endSession(state, out, session, now);
@@ -249,45 +311,30 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
   }
   const resuming = existing !== undefined && d.reconnect === true;
   const metadata = resuming ? existing : emptyMetadata();
-  const tooLarge = d.metadata ? mergeMetadata(metadata, d.metadata, state.config.maxMetadata) : undefined;
-  if (tooLarge !== undefined) {
-    return reject(state, out, conn, Close.TOO_LARGE, metadataTooLarge('IDENTIFY', tooLarge, state.config.maxMetadata), now);
-  }
+  const refusal = d.metadata ? mergeWithinLimits(state, metadata, d.metadata, 'IDENTIFY') : undefined;
+  if (refusal) return reject(state, out, conn, refusal.code, refusal.reason, now);
 
   let session: Session;
   if (resuming) {
     session = existing;
     if (session.conn) {
       const old = session.conn;
-      detach(state, old, session);
       fail(state, out, old, Close.CONFLICT, TAKEN_OVER_TEXT);
+      forgetUnflushed(old, session);
+      detach(state, old, session);
     }
   } else {
     if (existing) endSession(state, out, existing, now);
-    const app = getApp(state, d.app_name);
-    session = {
-      key,
-      app,
-      clientId: d.client_id,
-      ...metadata,
-      conn: null,
-      ordinal: state.nextOrdinal++,
-      connectedAt: now,
-      seq: 0,
-      from: { app_name: d.app_name, client_id: d.client_id },
-      fromJson: JSON.stringify({ app_name: d.app_name, client_id: d.client_id }),
-      replay: new Ring(),
-      replayFirst: 1,
-      writtenUpTo: 0,
-      replayBytes: 0,
-      expiresAt: 0,
-    };
+    session = newSession(getApp(state, d.app_name), d.client_id, metadata, state.nextOrdinal++, now);
+    // What the merge above added is counted already; the empty record is not.
+    state.memory.metadata += EMPTY_METADATA_BYTES;
     state.sessions.set(key, session);
     joinApp(session);
   }
   session.conn = conn;
   session.connectedAt = now;
   conn.session = session;
+  state.unidentifiedConns--;
   touchSession(state, session);
   state.connectedClients++;
   send(state, out, conn, { op: Op.WELCOME, d: WELCOME_TEXT });
@@ -306,14 +353,7 @@ function replay(state: State, out: Output[], conn: Conn, session: Session, seq: 
   const after = seq ?? 0;
   const replay = session.replay;
   for (let i = Math.max(0, after - session.replayFirst + 1); i < replay.length; i++) {
-    const entry = replay.at(i);
-    const s = session.replayFirst + i;
-    sendRouted(state, out, conn, entry, s);
-    if (typeof entry !== 'string' && entry.directed) {
-      const text = routedText(entry, s);
-      replay.set(i, text);
-      session.replayBytes += text.length - entry.bytes;
-    }
+    sendRouted(state, out, conn, replay.at(i), session.replayFirst + i);
   }
   // What the client says it processed counts as written too.
   session.writtenUpTo = session.seq;
@@ -330,24 +370,38 @@ function endSession(state: State, out: Output[], session: Session, now: number):
   if (state.sessions.get(session.key) !== session) return;
   state.sessions.delete(session.key);
   touchSession(state, session);
+  state.memory.metadata -= session.metadataBytes;
   const app = session.app;
   leaveApp(session);
   if (state.draining) {
     for (const msg of unwrittenDirected(session)) undeliverable(state, out, msg, 'server is shutting down');
+    clearReplay(state, session);
   } else requeueUnwritten(state, out, session, now);
   forgetAppIfEmpty(state, app);
 }
 
-function metadataTooLarge(op: string, bytes: number, limit: number): string {
-  return `${op}: metadata would be ${bytes} bytes, over the limit of ${limit}`;
+/**
+ * Merges metadata if it stays within the per-client limit (4413) and the
+ * hub's memory budget (4503); returns the refusal otherwise, changing nothing.
+ */
+function mergeWithinLimits(state: State, record: MetadataRecord, patch: Record<string, unknown>, op: string): { code: CloseCode; reason: string } | undefined {
+  const limit = state.config.maxMetadata;
+  const before = record.metadataBytes;
+  // The per-client limit is checked first; within it, the budget is checked against the growth.
+  const budget = Math.min(limit, Math.max(before, state.config.maxMemory - state.memory.held - state.memory.replay - state.memory.metadata + before));
+  const refused = mergeMetadata(record, patch, budget);
+  if (refused === undefined) {
+    state.memory.metadata += record.metadataBytes - before;
+    return undefined;
+  }
+  if (refused > limit) return { code: Close.TOO_LARGE, reason: `${op}: metadata would be ${refused} bytes, over the limit of ${limit}` };
+  return { code: Close.AT_CAPACITY, reason: `${op}: ${hubFullReason(state)}` };
 }
 
 function aboutMe(state: State, out: Output[], conn: Conn, session: Session, payload: unknown, now: number): void {
   if (!isPlainObject(payload)) return reject(state, out, conn, Close.BAD_FRAME, 'ABOUT_ME: d must be an object', now);
-  const tooLarge = mergeMetadata(session, payload, state.config.maxMetadata);
-  if (tooLarge !== undefined) {
-    return reject(state, out, conn, Close.TOO_LARGE, metadataTooLarge('ABOUT_ME', tooLarge, state.config.maxMetadata), now);
-  }
+  const refusal = mergeWithinLimits(state, session, payload, 'ABOUT_ME');
+  if (refusal) return reject(state, out, conn, refusal.code, refusal.reason, now);
   touchSession(state, session);
   deliverHeld(state, out, session);
 }
@@ -377,9 +431,24 @@ function dispatch(state: State, out: Output[], conn: Conn, session: Session, fra
   if (nonce !== undefined) acknowledge(state, out, session.key, nonce, result.delivered, result.queued);
 }
 
+/** HTTP dispatches share one bucket of the per-connection rate limit: the route is one more sender. */
+function allowHttpDispatch(state: State, now: number): boolean {
+  const rate = state.config.rateLimit;
+  if (rate <= 0) return true;
+  state.httpTokens = Math.min(rate * 2, state.httpTokens + ((now - state.httpTokensAt) * rate) / 1000);
+  state.httpTokensAt = now;
+  if (state.httpTokens < 1) return false;
+  state.httpTokens -= 1;
+  return true;
+}
+
 function httpDispatch(state: State, out: Output[], request: number, body: unknown, now: number): void {
   if (state.draining) {
     out.push({ type: 'rejected', request, status: 503, error: 'server is shutting down' });
+    return;
+  }
+  if (!allowHttpDispatch(state, now)) {
+    out.push({ type: 'rejected', request, status: 429, error: `rate limit exceeded: more than ${state.config.rateLimit} dispatches per second` });
     return;
   }
   const parsed = parseDispatch(body);
@@ -428,11 +497,20 @@ function shutdown(state: State, out: Output[]): void {
   for (const app of state.apps.values()) {
     for (const held of app.held) if (!held.done) undeliverable(state, out, held.msg, 'server is shutting down');
     app.held = [];
+    state.memory.held -= app.heldBytes;
     app.heldBytes = 0;
+  }
+  // A reader still behind cannot drain before the process exits: what its
+  // transport holds is dropped with it and counts as never written.
+  const behind: Conn[] = [];
+  for (const conn of state.conns.values()) {
+    if (conn.closing || conn.backlog === 0 || !conn.session) continue;
+    forgetUnflushed(conn, conn.session);
+    behind.push(conn);
   }
   for (const session of state.sessions.values()) {
     for (const msg of unwrittenDirected(session)) undeliverable(state, out, msg, 'server is shutting down');
-    clearReplay(session);
+    clearReplay(state, session);
   }
   for (const conn of state.conns.values()) {
     if (conn.closing) continue;
@@ -440,10 +518,12 @@ function shutdown(state: State, out: Output[]): void {
     closeConn(state, out, conn, Close.GOING_AWAY, GO_AWAY_TEXT);
     if (conn.session) detach(state, conn, conn.session);
   }
+  for (const conn of behind) out.push({ type: 'terminate', conn: conn.id });
   for (const session of state.sessions.values()) touchSession(state, session);
   for (const app of state.apps.values()) touchApp(state, app);
   state.sessions.clear();
   state.apps.clear();
+  state.memory = { held: 0, replay: 0, metadata: 0 };
   out.push({ type: 'log', level: 'info', msg: 'shutting down', fields: { connections: state.conns.size } });
 }
 

@@ -25,9 +25,48 @@ export function fail(state: State, out: Output[], conn: Conn, code: CloseCode, r
 }
 
 export function closeConn(state: State, out: Output[], conn: Conn, code: CloseCode, reason: string): void {
+  // A connection stops counting against the caps once its close is sent, not when the peer answers.
+  if (!conn.closing) {
+    state.liveConns--;
+    if (!conn.session) state.unidentifiedConns--;
+  }
   conn.closing = true;
-  if (code !== Close.GOING_AWAY) state.counters.errors[code] = (state.counters.errors[code] ?? 0) + 1;
+  if (code !== Close.GOING_AWAY) {
+    state.counters.errors[code] = (state.counters.errors[code] ?? 0) + 1;
+    const kind = refusalKind(code, reason);
+    state.counters.refused[kind] = (state.counters.refused[kind] ?? 0) + 1;
+  }
   out.push({ type: 'close', conn: conn.id, code, reason: truncateReason(reason) });
+}
+
+/** The kind of a refusal, for the `nerve_refused_total{reason}` metric. */
+export function refusalKind(code: CloseCode, reason: string): string {
+  switch (code) {
+    case Close.BAD_FRAME:
+      if (reason.includes('extension')) return 'msgpack_extension';
+      if (reason.includes('nests deeper')) return 'too_deep';
+      if (reason.includes('to.query')) return 'bad_query';
+      if (/undecodable|UTF-8|malformed|text frame on/.test(reason)) return 'undecodable';
+      return 'invalid';
+    case Close.TOO_LARGE:
+      return 'too_large';
+    case Close.BAD_PASSWORD:
+      return 'bad_password';
+    case Close.FORBIDDEN:
+      return 'forbidden';
+    case Close.TIMEOUT:
+      return 'timeout';
+    case Close.CONFLICT:
+      return 'taken_over';
+    case Close.RATE_LIMITED:
+      return 'rate_limited';
+    case Close.AT_CAPACITY:
+      return 'at_capacity';
+    case Close.SLOW_CONSUMER:
+      return 'slow_consumer';
+    default:
+      return 'internal_error';
+  }
 }
 
 export function createRouted(
@@ -42,8 +81,10 @@ export function createRouted(
     `{"op":8,"e":${JSON.stringify(e)},"d":${JSON.stringify(d) ?? 'null'},"from":${sender.fromJson}` +
     (nonce === undefined ? '' : `,"nonce":${JSON.stringify(nonce)}`);
   const directed = target.client_id !== undefined || target.mode !== 'all';
-  // 16 bytes cover `,"s":N}` for any s.
-  return { e, d, from: sender.from, senderKey: sender.key, nonce, target, test, directed, jsonHead: head, bytes: head.length + 16 };
+  // 16 bytes cover `,"s":N}` for any s; a query is kept twice over, as the
+  // decoded target and as the compiled test.
+  const queryBytes = target.query === undefined ? 0 : 2 * JSON.stringify(target.query).length;
+  return { e, d, from: sender.from, senderKey: sender.key, nonce, target, test, directed, jsonHead: head, bytes: head.length + 16 + queryBytes };
 }
 
 /** `s` as a msgpack uint, appended after the key "s". */
@@ -57,11 +98,21 @@ function packSeq(s: number): Uint8Array {
 
 function packedHead(msg: Routed): Uint8Array {
   if (!msg.packHead) {
-    const frame: Record<string, unknown> = { op: Op.DISPATCH, e: msg.e, d: msg.d ?? null, from: msg.from };
-    if (msg.nonce !== undefined) frame.nonce = msg.nonce;
+    // Once routed, an event keeps only its JSON text: the frame is read back from it.
+    let frame: Record<string, unknown>;
+    if (msg.d === undefined) frame = JSON.parse(`${msg.jsonHead}}`) as Record<string, unknown>;
+    else {
+      frame = { op: Op.DISPATCH, e: msg.e, d: msg.d, from: msg.from };
+      if (msg.nonce !== undefined) frame.nonce = msg.nonce;
+    }
     msg.packHead = packMsgpack(frame);
   }
   return msg.packHead;
+}
+
+/** The frame of a routed event without `s`, as plain data (for hosts that store it). */
+export function routedFrame(msg: Routed): { e: string; d: unknown } {
+  return msg.d === undefined ? (JSON.parse(`${msg.jsonHead}}`) as { e: string; d: unknown }) : { e: msg.e, d: msg.d };
 }
 
 /** Bumps the entry count in a msgpack map header (msgpackr writes map16 even for small maps). */
@@ -97,5 +148,5 @@ export function sendRouted(state: State, out: Output[], conn: Conn, entry: Repla
   let data: string | Uint8Array;
   if (typeof entry !== 'string') data = encodeRouted(entry, s, conn);
   else data = compress(conn.wire.format === 'json' ? entry : packMsgpack(JSON.parse(entry)), conn.wire);
-  out.push({ type: 'send', conn: conn.id, data });
+  out.push({ type: 'send', conn: conn.id, data, s });
 }

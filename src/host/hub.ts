@@ -1,17 +1,26 @@
-// The driver every runtime shares: it owns the core state, feeds `step`,
-// executes the outputs on the host's sockets, and keeps exactly one timer armed
-// at the core's next deadline. Adapters only translate events into these calls.
+// The driver every runtime shares: it owns the core state, feeds `step` (the
+// only door into the core: inputs that arrive while a step's outputs are being
+// carried out wait their turn), writes each socket's frames in one batch per
+// flush, tells the core what each transport still holds, and keeps exactly one
+// timer armed at the core's next deadline. Adapters only translate events into
+// these calls.
 
 import { createState, nextDeadline, step, type State } from '../core/index.ts';
+import { utf8Length } from '../core/codec.ts';
 import type { ConnId, CoreConfig, Input, Output } from '../core/io.ts';
 import { listClients, stats, type ClientInfo } from '../core/inspect.ts';
 import type { Wire } from '../core/protocol.ts';
 import { renderMetrics } from './metrics.ts';
 
-/** What the hub needs of a WebSocket; every runtime's socket fits in a line or two. */
+/** What the hub needs of a WebSocket; every runtime's socket fits in a few lines. */
 export interface HubSocket {
-  send(data: string | Uint8Array): void;
+  /** Writes these frames in order, now; the hub calls it once per socket per flush. */
+  send(frames: readonly (string | Uint8Array)[]): void;
   close(code: number, reason: string): void;
+  /** Bytes given to send() that the transport has not yet handed to the OS; 0 where the runtime cannot tell. */
+  buffered(): number;
+  /** Drops the connection now, discarding unsent frames, without waiting for a closing handshake. */
+  terminate(): void;
 }
 
 export interface HubOptions {
@@ -28,16 +37,62 @@ export interface HubOptions {
   state?: State;
   /** Called after every step, once its outputs ran: a host that persists state saves what changed here. */
   afterStep?: (input: Input, outputs: Output[]) => void;
+  /**
+   * When frames queued by inputs are written. Default: right after each input.
+   * A host that receives many frames per event-loop turn passes setImmediate,
+   * so each socket gets one write per turn however many frames it was sent.
+   */
+  schedule?: (flush: () => void) => void;
+  /**
+   * ms a connection the hub closed may take to finish the closing handshake
+   * before it is dropped; 0 never drops it (a Durable Object, where the
+   * runtime owns that handshake). Default 2000.
+   */
+  closeGrace?: number;
 }
 
 export type DispatchResult =
   | { ok: true; delivered: number; queued: number }
-  | { ok: false; status: 400 | 503; error: string };
+  | { ok: false; status: 400 | 429 | 503; error: string };
+
+/** How often transports that are behind are looked at again when nothing else writes to them. */
+const BACKLOG_RECHECK_MS = 50;
+const DEFAULT_CLOSE_GRACE_MS = 2_000;
+
+/** One frame the transport may still hold: its bytes on the wire, and its `s` if it is a routed event. */
+interface Pending {
+  s: number;
+  size: number;
+}
+
+/** A socket as the hub keeps it: frames waiting for the flush, and what its transport still holds. */
+class Peer {
+  frames: (string | Uint8Array)[] = [];
+  seqs: number[] = [];
+  queued = false;
+  /** Frames written while the transport was behind, oldest first, with their total size. */
+  held: Pending[] = [];
+  heldBytes = 0;
+  /** Bytes last reported to the core (0: nothing held). */
+  reported = 0;
+  reportedFrom = Infinity;
+  closed = false;
+  constructor(
+    readonly conn: ConnId,
+    readonly socket: HubSocket,
+  ) {}
+}
+
+/** WebSocket header bytes in front of a payload (RFC 6455 §5.2; server frames are unmasked). */
+function wireSize(frame: string | Uint8Array): number {
+  const length = typeof frame === 'string' ? utf8Length(frame) : frame.byteLength;
+  return length + (length < 126 ? 2 : length < 65536 ? 4 : 10);
+}
 
 export class Hub {
   readonly config: CoreConfig;
   readonly state: State;
-  private readonly sockets = new Map<ConnId, HubSocket>();
+  private readonly peers = new Map<ConnId, Peer>();
   private nextConn = 1;
   private nextRequest = 1;
   private armedAt: number | undefined;
@@ -45,9 +100,19 @@ export class Hub {
   private readonly now: () => number;
   private readonly writeLog: (line: string) => void;
   private readonly arm: (at: number | undefined) => void;
+  private readonly schedule: ((flush: () => void) => void) | undefined;
+  private readonly closeGrace: number;
   private idleWaiters: (() => void)[] = [];
   private readonly messageInput: Input & { type: 'message' } = { type: 'message', now: 0, conn: 0, data: '' };
   private readonly afterStep: ((input: Input, outputs: Output[]) => void) | undefined;
+  /** Inputs that arrived while a step's outputs were being carried out. */
+  private readonly waiting: Input[] = [];
+  private stepping = false;
+  private readonly toFlush: Peer[] = [];
+  private flushScheduled = false;
+  private readonly behind = new Set<Peer>();
+  private recheck: ReturnType<typeof setTimeout> | undefined;
+  private readonly flushAll = () => this.flush();
 
   constructor(options: HubOptions) {
     this.config = options.config;
@@ -56,6 +121,8 @@ export class Hub {
     this.now = options.now ?? Date.now;
     this.writeLog = options.log ?? ((line) => console.log(line));
     this.arm = options.arm ?? ((at) => this.armTimeout(at));
+    this.schedule = options.schedule;
+    this.closeGrace = options.closeGrace ?? DEFAULT_CLOSE_GRACE_MS;
   }
 
   get draining(): boolean {
@@ -69,14 +136,14 @@ export class Hub {
   /** A WebSocket was accepted; returns the id to pass to receive/closed. */
   open(socket: HubSocket, wire: Wire): ConnId {
     const conn = this.nextConn++;
-    this.sockets.set(conn, socket);
+    this.peers.set(conn, new Peer(conn, socket));
     this.run({ type: 'open', now: this.now(), conn, wire });
     return conn;
   }
 
   /** Re-attaches the socket of a connection the restored state already knows. */
   adopt(conn: ConnId, socket: HubSocket): void {
-    this.sockets.set(conn, socket);
+    this.peers.set(conn, new Peer(conn, socket));
     if (conn >= this.nextConn) this.nextConn = conn + 1;
   }
 
@@ -86,6 +153,10 @@ export class Hub {
   }
 
   receive(conn: ConnId, data: string | Uint8Array): void {
+    if (this.stepping) {
+      this.run({ type: 'message', now: this.now(), conn, data });
+      return;
+    }
     // One input object reused for every frame: step reads it and keeps nothing.
     const input = this.messageInput;
     input.now = this.now();
@@ -102,9 +173,13 @@ export class Hub {
 
   /** The transport is closed; `code` is the peer's close code if it sent one. */
   closed(conn: ConnId, code?: number): void {
-    if (!this.sockets.delete(conn)) return;
+    const peer = this.peers.get(conn);
+    if (!peer) return;
+    this.peers.delete(conn);
+    peer.closed = true;
+    this.behind.delete(peer);
     this.run({ type: 'close', now: this.now(), conn, code });
-    if (this.sockets.size === 0) for (const resolve of this.idleWaiters.splice(0)) resolve();
+    if (this.peers.size === 0) for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
 
   tick(): void {
@@ -129,7 +204,8 @@ export class Hub {
   /** GO_AWAY to everyone; resolves when every socket is closed or after `drainTimeout` ms. */
   async shutdown(drainTimeout: number): Promise<void> {
     this.run({ type: 'shutdown', now: this.now() });
-    if (this.sockets.size > 0) {
+    this.flush();
+    if (this.peers.size > 0) {
       let timeout: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([
         new Promise<void>((resolve) => this.idleWaiters.push(resolve)),
@@ -137,50 +213,194 @@ export class Hub {
       ]);
       if (timeout !== undefined) clearTimeout(timeout);
     }
+    if (this.recheck !== undefined) clearTimeout(this.recheck);
     this.arm(undefined);
   }
 
   health() {
-    return { status: this.draining ? 'draining' : 'ok', worker: this.config.worker, connections: this.sockets.size, clients: this.state.connectedClients };
+    return { status: this.draining ? 'draining' : 'ok', worker: this.config.worker, connections: this.state.liveConns, clients: this.state.connectedClients };
   }
 
   metrics(): string {
-    return renderMetrics(this.config.worker, stats(this.state));
+    return renderMetrics(this.config, stats(this.state));
   }
 
   clients(appName?: string): ClientInfo[] {
     return listClients(this.state, appName);
   }
 
+  /**
+   * Runs one input through the core, then any that arrived meanwhile, and
+   * returns the outputs of the first. Re-entered (a runtime that reports a
+   * close from inside close()), it only queues the input.
+   */
   private run(input: Input): Output[] {
-    const outputs = step(this.state, input)[1];
-    for (let i = 0; i < outputs.length; i++) this.execute(outputs[i]!);
-    this.afterStep?.(input, outputs);
+    if (this.stepping) {
+      this.waiting.push(input);
+      return [];
+    }
+    this.stepping = true;
+    let outputs: Output[];
+    try {
+      outputs = this.stepOnce(input);
+      for (let next = this.waiting.shift(); next; next = this.waiting.shift()) this.stepOnce(next);
+    } finally {
+      this.stepping = false;
+    }
     const deadline = nextDeadline(this.state);
     if (deadline !== this.armedAt) {
       this.armedAt = deadline;
       this.arm(deadline);
     }
+    if (this.toFlush.length > 0 && !this.flushScheduled) {
+      if (this.schedule) {
+        this.flushScheduled = true;
+        this.schedule(this.flushAll);
+      } else this.flush();
+    }
+    return outputs;
+  }
+
+  private stepOnce(input: Input): Output[] {
+    let outputs: Output[];
+    try {
+      outputs = step(this.state, input)[1];
+    } catch (error) {
+      // The core guards every frame itself; anything else escaping is a bug of ours.
+      this.log('error', 'internal error handling an input', { input: input.type, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
+      return [];
+    }
+    for (let i = 0; i < outputs.length; i++) this.execute(outputs[i]!);
+    this.afterStep?.(input, outputs);
     return outputs;
   }
 
   private execute(output: Output): void {
     switch (output.type) {
-      case 'send':
-      case 'close':
-        try {
-          const socket = this.sockets.get(output.conn);
-          if (output.type === 'send') socket?.send(output.data);
-          else socket?.close(output.code, output.reason);
-        } catch (error) {
-          // A socket that died under us; its close event follows and ends the connection.
-          this.log('warn', `socket ${output.type} failed`, { conn: output.conn, error: String(error) });
+      case 'send': {
+        const peer = this.peers.get(output.conn);
+        if (!peer) return;
+        if (!peer.queued) {
+          peer.queued = true;
+          this.toFlush.push(peer);
         }
-        break;
+        peer.frames.push(output.data);
+        peer.seqs.push(output.s ?? 0);
+        return;
+      }
+      case 'close': {
+        const peer = this.peers.get(output.conn);
+        if (!peer) return;
+        // NO_U_TBH (or GO_AWAY) was queued just before; it leaves ahead of the close frame.
+        this.write(peer);
+        this.guard(peer, 'close', () => peer.socket.close(output.code, output.reason));
+        if (this.closeGrace > 0) {
+          const timer = setTimeout(() => {
+            if (!peer.closed) this.guard(peer, 'terminate', () => peer.socket.terminate());
+          }, this.closeGrace);
+          (timer as { unref?: () => void }).unref?.();
+        }
+        return;
+      }
+      case 'terminate': {
+        const peer = this.peers.get(output.conn);
+        if (!peer) return;
+        peer.frames.length = 0;
+        peer.seqs.length = 0;
+        this.guard(peer, 'terminate', () => peer.socket.terminate());
+        return;
+      }
       case 'log':
         this.log(output.level, output.msg, output.fields);
-        break;
+        return;
     }
+  }
+
+  private guard(peer: Peer, what: string, action: () => void): void {
+    try {
+      action();
+    } catch (error) {
+      // A socket that died under us; its close event follows and ends the connection.
+      this.log('warn', `socket ${what} failed`, { conn: peer.conn, error: String(error) });
+    }
+  }
+
+  /** Writes every queued frame, then tells the core about transports that are (or were) behind. */
+  private flush(): void {
+    this.flushScheduled = false;
+    // Reports can cut a connection, which queues its NO_U_TBH: write until nothing is left.
+    for (let round = 0; round < 4 && (this.toFlush.length > 0 || this.behind.size > 0); round++) {
+      const peers = this.toFlush.splice(0);
+      for (const peer of peers) this.write(peer);
+      const reports: Peer[] = [];
+      for (const peer of peers) if (this.observe(peer)) reports.push(peer);
+      for (const peer of this.behind) if (!peers.includes(peer) && this.observe(peer)) reports.push(peer);
+      for (const peer of reports) {
+        this.run({ type: 'backlog', now: this.now(), conn: peer.conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
+      }
+      if (reports.length === 0) break;
+    }
+    if (this.behind.size > 0 && this.recheck === undefined) {
+      this.recheck = setTimeout(() => {
+        this.recheck = undefined;
+        this.flush();
+      }, BACKLOG_RECHECK_MS);
+      (this.recheck as { unref?: () => void }).unref?.();
+    }
+  }
+
+  private write(peer: Peer): void {
+    peer.queued = false;
+    const frames = peer.frames;
+    if (frames.length === 0 || peer.closed) return;
+    this.guard(peer, 'send', () => peer.socket.send(frames));
+    if (this.behind.has(peer) || peer.socket.buffered() > 0) {
+      for (let i = 0; i < frames.length; i++) {
+        const size = wireSize(frames[i]!);
+        peer.held.push({ s: peer.seqs[i]!, size });
+        peer.heldBytes += size;
+      }
+    }
+    peer.frames = [];
+    peer.seqs = [];
+  }
+
+  /**
+   * Works out which frames the transport still holds (the last `buffered()`
+   * bytes written) and returns whether the core must hear of it.
+   */
+  private observe(peer: Peer): boolean {
+    if (peer.closed) return false;
+    const bytes = peer.socket.buffered();
+    if (bytes === 0) {
+      this.behind.delete(peer);
+      peer.held = [];
+      peer.heldBytes = 0;
+      if (peer.reported === 0) return false;
+      peer.reported = 0;
+      peer.reportedFrom = Infinity;
+      return true;
+    }
+    this.behind.add(peer);
+    // Frames wholly handed over leave the front; a frame partly sent is still held.
+    let handedOver = peer.heldBytes - bytes;
+    let drop = 0;
+    while (drop < peer.held.length && peer.held[drop]!.size <= handedOver) handedOver -= peer.held[drop++]!.size;
+    if (drop > 0) {
+      for (let i = 0; i < drop; i++) peer.heldBytes -= peer.held[i]!.size;
+      peer.held = peer.held.slice(drop);
+    }
+    let from = Infinity;
+    for (const pending of peer.held) {
+      if (pending.s > 0) {
+        from = pending.s;
+        break;
+      }
+    }
+    if (bytes === peer.reported && from === peer.reportedFrom) return false;
+    peer.reported = bytes;
+    peer.reportedFrom = from;
+    return true;
   }
 
   private armTimeout(at: number | undefined): void {

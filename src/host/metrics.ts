@@ -1,22 +1,34 @@
-// Prometheus text exposition of the hub's counters and gauges.
+// Prometheus text exposition of the hub's counters, gauges and limits.
 
 import type { Stats } from '../core/inspect.ts';
+import type { CoreConfig } from '../core/io.ts';
 
 type Metric = [name: string, type: 'gauge' | 'counter', help: string, value: number];
 
-export function renderMetrics(worker: string, stats: Stats): string {
-  const label = `worker="${worker}"`;
+export function renderMetrics(config: CoreConfig, stats: Stats): string {
+  const label = `worker="${config.worker}"`;
+  const { held, replay, metadata } = stats.memory;
   const metrics: Metric[] = [
-    ['nerve_connections', 'gauge', 'Open WebSocket connections.', stats.connections],
+    ['nerve_connections', 'gauge', 'Open WebSocket connections (a connection stops counting once its close is sent).', stats.connections],
+    ['nerve_connections_unidentified', 'gauge', 'Open connections that have not identified yet.', stats.unidentified],
+    ['nerve_connections_limit', 'gauge', 'NERVE_MAX_CONNECTIONS.', config.maxConnections],
+    ['nerve_connections_unidentified_limit', 'gauge', 'NERVE_MAX_UNIDENTIFIED.', config.maxUnidentified],
     ['nerve_clients', 'gauge', 'Identified sessions with an open connection.', stats.clients],
     ['nerve_sessions_resumable', 'gauge', 'Sessions waiting in their resume window.', stats.resumable],
     ['nerve_held_dispatches', 'gauge', 'Dispatches held for a recipient that is not there yet.', stats.held],
+    ['nerve_held_bytes', 'gauge', 'Bytes of held dispatches, queries included.', held],
+    ['nerve_replay_bytes', 'gauge', 'Bytes in replay buffers.', replay],
+    ['nerve_metadata_bytes', 'gauge', 'Bytes of client metadata as JSON.', metadata],
+    ['nerve_memory_used_bytes', 'gauge', 'Held, replay and metadata bytes: what counts against NERVE_MAX_MEMORY.', held + replay + metadata],
+    ['nerve_memory_limit_bytes', 'gauge', 'NERVE_MAX_MEMORY.', config.maxMemory],
+    ['nerve_outbound_backlog_bytes', 'gauge', 'Bytes transports hold for readers that are behind.', stats.outboundBacklog],
     ['nerve_frames_in_total', 'counter', 'Frames received.', stats.framesIn],
     ['nerve_frames_out_total', 'counter', 'Frames sent.', stats.framesOut],
     ['nerve_dispatches_total', 'counter', 'Dispatches accepted for routing (WebSocket and HTTP).', stats.dispatches],
     ['nerve_deliveries_total', 'counter', 'Dispatches handed to a session (one per recipient).', stats.deliveries],
     ['nerve_dispatches_queued_total', 'counter', 'Dispatches held for a later recipient.', stats.queued],
     ['nerve_dispatches_undeliverable_total', 'counter', 'Dispatches that ended as NERVE_UNDELIVERABLE.', stats.undeliverable],
+    ['nerve_slow_consumers_total', 'counter', 'Connections cut with 4507 because their reader fell behind.', stats.slowConsumers],
   ];
   const lines: string[] = [];
   for (const [name, type, help, value] of metrics) {
@@ -24,5 +36,7 @@ export function renderMetrics(worker: string, stats: Stats): string {
   }
   lines.push('# HELP nerve_errors_total Connections closed for a protocol error, by close code.', '# TYPE nerve_errors_total counter');
   for (const [code, count] of Object.entries(stats.errors)) lines.push(`nerve_errors_total{${label},code="${code}"} ${count}`);
+  lines.push('# HELP nerve_refused_total Frames and connections refused, by the kind of refusal.', '# TYPE nerve_refused_total counter');
+  for (const [reason, count] of Object.entries(stats.refused)) lines.push(`nerve_refused_total{${label},reason="${reason}"} ${count}`);
   return `${lines.join('\n')}\n`;
 }

@@ -13,7 +13,8 @@ export type Event =
   | { conn: number; close: number; reason: string }
   | { log: string; fields?: Record<string, unknown> }
   | { dispatched: { delivered: number; queued: number } }
-  | { rejected: string; status: number };
+  | { rejected: string; status: number }
+  | { conn: number; terminate: true };
 
 export const JSON_WIRE: Wire = { format: 'json', compression: 'none' };
 
@@ -48,6 +49,8 @@ export class Sim {
         return { dispatched: { delivered: output.delivered, queued: output.queued } };
       case 'rejected':
         return { rejected: output.error, status: output.status };
+      case 'terminate':
+        return { conn: output.conn, terminate: true };
     }
   }
 
