@@ -41,6 +41,28 @@ export function newWorkerId(): string {
   return `nerve-${randomHex(3)}`;
 }
 
+/** Without a process to ask (a Worker's isolate has 128 MiB), the budget stays well inside the isolate. */
+const ISOLATE_BUDGET = 32 * 1_048_576;
+
+/**
+ * The default NERVE_MAX_MEMORY: a quarter of what the V8 heap may grow to,
+ * because the budget counts events as JSON bytes and their copies in the heap
+ * take two to three times that. Bun's JavaScriptCore has no such limit (its
+ * node:v8 figures are not one), so there it is an eighth of the machine.
+ */
+export function defaultMaxMemory(): number {
+  type Process = { versions?: Record<string, string>; getBuiltinModule?: (name: string) => unknown };
+  const proc = (globalThis as { process?: Process }).process;
+  if (!proc?.getBuiltinModule) return ISOLATE_BUDGET;
+  const os = proc.getBuiltinModule('os') as { totalmem?: () => number } | undefined;
+  const total = os?.totalmem?.() ?? 0;
+  if (proc.versions?.bun !== undefined) return total > 0 ? Math.floor(total / 8) : ISOLATE_BUDGET;
+  const v8 = proc.getBuiltinModule('v8') as { getHeapStatistics?: () => { heap_size_limit?: number } } | undefined;
+  const heap = v8?.getHeapStatistics?.().heap_size_limit ?? 0;
+  const limits = [heap, total].filter((n) => n > 0);
+  return limits.length === 0 ? ISOLATE_BUDGET : Math.floor(Math.min(...limits) / 4);
+}
+
 /** Reads and validates the configuration; throws ConfigError naming the first bad variable. */
 export function loadConfig(env: Env, worker = newWorkerId()): HostConfig {
   const host = env.NERVE_HOST?.trim() || '127.0.0.1';
@@ -63,6 +85,17 @@ export function loadConfig(env: Env, worker = newWorkerId()): HostConfig {
     maxMetadata: integer(env, 'NERVE_MAX_METADATA', DEFAULT_LIMITS.maxMetadata, 2),
     drainTimeout: integer(env, 'NERVE_DRAIN_TIMEOUT', 10_000, 0),
     rateLimit: integer(env, 'NERVE_RATE_LIMIT', DEFAULT_LIMITS.rateLimit, 0),
+    queueMaxCount: integer(env, 'NERVE_QUEUE_MAX_COUNT', DEFAULT_LIMITS.queueMaxCount, 0),
+    queueMaxBytes: integer(env, 'NERVE_QUEUE_MAX_BYTES', DEFAULT_LIMITS.queueMaxBytes, 0),
+    replayMaxCount: integer(env, 'NERVE_REPLAY_MAX_COUNT', DEFAULT_LIMITS.replayMaxCount, 1),
+    replayMaxBytes: integer(env, 'NERVE_REPLAY_MAX_BYTES', DEFAULT_LIMITS.replayMaxBytes, 1),
+    maxDepth: integer(env, 'NERVE_MAX_DEPTH', DEFAULT_LIMITS.maxDepth, 2, 10_000),
+    maxQueryOperands: integer(env, 'NERVE_MAX_QUERY_OPERANDS', DEFAULT_LIMITS.maxQueryOperands, 1),
+    maxQueryTerms: integer(env, 'NERVE_MAX_QUERY_TERMS', DEFAULT_LIMITS.maxQueryTerms, 1),
+    maxOutbound: integer(env, 'NERVE_MAX_OUTBOUND', DEFAULT_LIMITS.maxOutbound, 1024),
+    maxMemory: integer(env, 'NERVE_MAX_MEMORY', defaultMaxMemory(), 1024),
+    maxConnections: integer(env, 'NERVE_MAX_CONNECTIONS', DEFAULT_LIMITS.maxConnections, 1),
+    maxUnidentified: integer(env, 'NERVE_MAX_UNIDENTIFIED', DEFAULT_LIMITS.maxUnidentified, 1),
   };
 }
 

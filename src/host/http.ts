@@ -3,6 +3,7 @@
 // upgrades inside fetch (Deno, Bun, Cloudflare).
 
 import { Hono, type Context, type MiddlewareHandler } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
 import { passwordMatches } from '../core/password.ts';
 import type { Wire } from '../core/protocol.ts';
 import { parseWire } from './config.ts';
@@ -42,6 +43,15 @@ export function createHttpApp(hub: Hub, upgrade?: Upgrade): Hono {
 
   app.get('/clients', (c) => c.json(hub.clients(c.req.query('app_name'))));
 
+  // The frame limit holds for HTTP bodies too, checked on Content-Length and
+  // while reading, so an oversized body is refused before it is buffered.
+  app.post(
+    '/dispatch',
+    bodyLimit({
+      maxSize: hub.config.maxPayload,
+      onError: (c) => c.json({ error: `body exceeds the limit of ${hub.config.maxPayload} bytes` }, 413),
+    }),
+  );
   app.post('/dispatch', async (c) => {
     let body: unknown;
     try {
