@@ -45,6 +45,8 @@ export const HEARTBEAT_ACK_FRAME = '{"op":4}';
 export const RESERVED_EVENT_PREFIX = 'NERVE_';
 export const ACK_EVENT = 'NERVE_ACK';
 export const UNDELIVERABLE_EVENT = 'NERVE_UNDELIVERABLE';
+/** Right after WELCOME when IDENTIFY asked to resume: `{resumed, s, replayed, missed?}`. */
+export const SESSION_EVENT = 'NERVE_SESSION';
 
 /** The sender named in `from` for dispatches that arrive over HTTP. */
 export const HTTP_SENDER_APP = 'http';

@@ -34,6 +34,7 @@ import {
   HEARTBEAT_FRAME,
   HTTP_SENDER_APP,
   Op,
+  SESSION_EVENT,
   TAKEN_OVER_TEXT,
   WELCOME_TEXT,
   type CloseCode,
@@ -310,6 +311,10 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
     return reject(state, out, conn, Close.CONFLICT, `IDENTIFY: ${d.app_name}/${d.client_id} is already connected`, now);
   }
   const resuming = existing !== undefined && d.reconnect === true;
+  if (resuming && d.seq !== undefined && d.seq > existing.seq) {
+    // A client cannot have processed an `s` never handed out: it is confused about which session this is.
+    return reject(state, out, conn, Close.BAD_FRAME, `IDENTIFY: seq ${d.seq} is ahead of the session, whose last s is ${existing.seq}`, now);
+  }
   const metadata = resuming ? existing : emptyMetadata();
   const refusal = d.metadata ? mergeWithinLimits(state, metadata, d.metadata, 'IDENTIFY') : undefined;
   if (refusal) return reject(state, out, conn, refusal.code, refusal.reason, now);
@@ -344,6 +349,14 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
     msg: resuming ? 'resumed' : 'identified',
     fields: { conn: conn.id, app_name: d.app_name, client_id: d.client_id },
   });
+  if (d.reconnect === true) {
+    // Asked to resume: say whether it did, before anything replayed (raw clients cannot tell from WELCOME).
+    const resumed: Record<string, unknown> = { resumed: resuming, s: session.seq };
+    const first = Math.max(session.replayFirst, (d.seq ?? 0) + 1);
+    resumed.replayed = resuming ? session.seq - first + 1 : 0;
+    if (resuming && d.seq !== undefined) resumed.missed = first - d.seq - 1;
+    send(state, out, conn, { op: Op.DISPATCH, e: SESSION_EVENT, d: resumed });
+  }
   if (resuming) replay(state, out, conn, session, d.seq);
   deliverHeld(state, out, session);
 }

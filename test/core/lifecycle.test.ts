@@ -214,6 +214,7 @@ describe('duplicate identities', () => {
     expect(sim.send(2, ident({ client_id: 'a', reconnect: true }))).toEqual([
       ...failure(1, 4409, 'Session taken over by a new connection'),
       { conn: 2, frame: { op: 2, d: "hi i'm dad" } },
+      { conn: 2, frame: { op: 8, e: 'NERVE_SESSION', d: { resumed: true, s: 0, replayed: 0 } } },
     ]);
     expect(sim.close(1, 4409)).toEqual([]);
     sim.connect(3, 'gw', 'g');

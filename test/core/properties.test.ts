@@ -108,7 +108,7 @@ function run(commands: Command[], resumeWithSeq: boolean) {
         if (frame.e === 'NERVE_ACK') acks.set(frame.nonce!, (frame.d as { delivered: number }).delivered);
         continue;
       }
-      if (frame.op !== 8) continue;
+      if (frame.op !== 8 || frame.e === 'NERVE_SESSION') continue;
       const id = owner.get(event.conn)!;
       const m = model.get(id)!;
       if (m.conn !== event.conn) violations.push(`frame to a connection ${id} no longer uses`);

@@ -3,7 +3,7 @@
 // requeue when a session ends.
 
 import { describe, expect, it } from 'vitest';
-import { framesTo, Sim, type Event } from './harness.ts';
+import { failure, framesTo, Sim, type Event } from './harness.ts';
 
 const from = (app_name: string, client_id: string) => ({ app_name, client_id });
 
@@ -241,13 +241,39 @@ describe('sequence numbers and resume', () => {
     const frames = resume(dropped(), { seq: 3 });
     expect(frames.map((f) => [f.op, f.e, f.s])).toEqual([
       [2, undefined, undefined],
+      [8, 'NERVE_SESSION', undefined],
       [8, 'E4', 4],
       [8, 'E5', 5],
     ]);
   });
 
+  it('says right after WELCOME whether it resumed, the last s, and how much it replays', () => {
+    expect(resume(dropped(), { seq: 3 })[1]).toEqual({ op: 8, e: 'NERVE_SESSION', d: { resumed: true, s: 5, replayed: 2, missed: 0 } });
+    expect(resume(dropped(), {})[1]).toEqual({ op: 8, e: 'NERVE_SESSION', d: { resumed: true, s: 5, replayed: 5 } });
+  });
+
+  it('counts what fell out of the replay buffer after seq as missed', () => {
+    const frames = resume(dropped({ replayMaxCount: 2 }), { seq: 1 });
+    expect(frames.map((f) => [f.e, f.s])).toEqual([
+      [undefined, undefined],
+      ['NERVE_SESSION', undefined],
+      ['E4', 4],
+      ['E5', 5],
+    ]);
+    expect(frames[1]!.d).toEqual({ resumed: true, s: 5, replayed: 2, missed: 2 });
+  });
+
+  it('refuses a seq ahead of the session with 4400 and keeps the session resumable', () => {
+    const sim = dropped();
+    sim.open(3);
+    expect(sim.send(3, { op: 1, d: { app_name: 'gw', client_id: 'g', password: 'pw', reconnect: true, seq: 999 } })).toEqual(
+      failure(3, 4400, 'IDENTIFY: seq 999 is ahead of the session, whose last s is 5'),
+    );
+    expect(resume(sim, { seq: 5 }).map((f) => f.e)).toEqual([undefined, 'NERVE_SESSION']);
+  });
+
   it('replays the whole buffer without seq (at-least-once)', () => {
-    expect(resume(dropped(), {}).map((f) => f.s)).toEqual([undefined, 1, 2, 3, 4, 5]);
+    expect(resume(dropped(), {}).map((f) => f.s)).toEqual([undefined, undefined, 1, 2, 3, 4, 5]);
   });
 
   it('keeps metadata across a resume and merges IDENTIFY metadata onto it', () => {
@@ -264,7 +290,7 @@ describe('sequence numbers and resume', () => {
     expect(sim.dispatch(1, 'B', 1, { app_name: 'gw', mode: 'all' }, 'n')).toEqual([
       { conn: 1, frame: { op: 8, e: 'NERVE_ACK', nonce: 'n', d: { delivered: 1, queued: 0 } } },
     ]);
-    expect(resume(sim, { seq: 0 }).map((f) => f.e)).toEqual([undefined, 'B']);
+    expect(resume(sim, { seq: 0 }).map((f) => f.e)).toEqual([undefined, 'NERVE_SESSION', 'B']);
   });
 
   it('reconnect: true with no session is a plain IDENTIFY', () => {
@@ -272,6 +298,7 @@ describe('sequence numbers and resume', () => {
     sim.open(1);
     expect(sim.send(1, { op: 1, d: { app_name: 'gw', client_id: 'new', password: 'pw', reconnect: true, seq: 9 } })).toEqual([
       { conn: 1, frame: { op: 2, d: "hi i'm dad" } },
+      { conn: 1, frame: { op: 8, e: 'NERVE_SESSION', d: { resumed: false, s: 0, replayed: 0 } } },
     ]);
   });
 
@@ -342,6 +369,6 @@ describe('sequence numbers and resume', () => {
     const sim = hub([[1, 'api', 'a'], [2, 'gw', 'g']]);
     for (let i = 1; i <= 3; i++) sim.dispatch(1, `E${i}`, i, { app_name: 'gw', client_id: 'g' });
     const frames = resume(sim, { seq: 2 });
-    expect(frames.map((f) => f.s)).toEqual([undefined, 3]);
+    expect(frames.map((f) => f.s)).toEqual([undefined, undefined, 3]);
   });
 });
