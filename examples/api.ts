@@ -3,7 +3,7 @@
 // Run a server (`npm start`), then `NERVE_PASSWORD=… npm run example:api`.
 
 import WebSocket from 'ws';
-import { NerveClient } from '../src/client/index.ts';
+import { NerveClient, NerveError } from '../src/client/index.ts';
 
 /** The events these two services exchange; gateway.ts imports the same map. */
 export interface Events {
@@ -26,23 +26,38 @@ const users = new Map<string, User>([
 ]);
 const statuses = ['online', 'away', 'busy', 'in a meeting'];
 
+const url = process.env.NERVE_URL ?? 'ws://127.0.0.1:6669';
+const password = process.env.NERVE_PASSWORD;
+if (!password) {
+  console.error('api: set NERVE_PASSWORD to the hub\'s password (`npm start` prints the one it generates): NERVE_PASSWORD=… npm run example:api');
+  process.exit(1);
+}
+
 const client = new NerveClient<Events, Replies>({
-  url: process.env.NERVE_URL ?? 'ws://127.0.0.1:6669',
-  password: process.env.NERVE_PASSWORD ?? '',
+  url,
+  password,
   appName: 'api',
   clientId: process.env.NERVE_CLIENT_ID ?? `api-${process.pid}`,
   // Node 20 has no global WebSocket; Deno, Bun, browsers and Workers can leave this out.
   WebSocket,
 });
 
-client.onState((state, info) => console.log(`[api] ${state}`, info));
+// The fatal error itself is reported once, below, without its stack.
+client.onState((state, { error: _fatal, ...info }) => console.log(`[api] ${state}`, info));
 
 client.on('USER_GET', ({ id }, message) => {
   console.log(`[api] USER_GET ${id} from ${message.from.client_id}`);
   client.reply(message, users.get(id) ?? null);
 });
 
-await client.connect();
+try {
+  await client.connect();
+} catch (error) {
+  if (!(error instanceof NerveError)) throw error;
+  // A wrong password or a client_id in use will not fix itself by retrying.
+  console.error(`api: could not join the hub at ${url}: ${error.message}${error.code === 4401 ? ' (check NERVE_PASSWORD)' : ''}`);
+  process.exit(1);
+}
 
 const timer = setInterval(() => {
   const ids = [...users.keys()];
@@ -59,3 +74,4 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     await client.close();
   });
 }
+console.log('[api] serving user records; Ctrl-C to leave');

@@ -9,22 +9,37 @@ import type { Events, Replies } from './api.ts';
 const clientId = process.env.NERVE_CLIENT_ID ?? `gateway-${process.pid}`;
 const online = new Set(['42']);
 
+const url = process.env.NERVE_URL ?? 'ws://127.0.0.1:6669';
+const password = process.env.NERVE_PASSWORD;
+if (!password) {
+  console.error('gateway: set NERVE_PASSWORD to the hub\'s password (`npm start` prints the one it generates): NERVE_PASSWORD=… npm run example:gateway');
+  process.exit(1);
+}
+
 const client = new NerveClient<Events, Replies>({
-  url: process.env.NERVE_URL ?? 'ws://127.0.0.1:6669',
-  password: process.env.NERVE_PASSWORD ?? '',
+  url,
+  password,
   appName: 'gateway',
   clientId,
   metadata: { users: [...online] },
   WebSocket,
 });
 
-client.onState((state, info) => console.log(`[${clientId}] ${state}`, info));
+// The fatal error itself is reported once, below, without its stack.
+client.onState((state, { error: _fatal, ...info }) => console.log(`[${clientId}] ${state}`, info));
 
 client.on('USER_UPDATED', (user, message) => {
   console.log(`[${clientId}] USER_UPDATED ${user.id} is now "${user.status}" (s=${message.s})`);
 });
 
-await client.connect();
+try {
+  await client.connect();
+} catch (error) {
+  if (!(error instanceof NerveError)) throw error;
+  // A wrong password or a client_id in use will not fix itself by retrying.
+  console.error(`gateway: could not join the hub at ${url}: ${error.message}${error.code === 4401 ? ' (check NERVE_PASSWORD)' : ''}`);
+  process.exit(1);
+}
 
 // Users come and go; the metadata tells the api's broadcasts where to go.
 const timer = setInterval(async () => {
@@ -50,3 +65,4 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     await client.close();
   });
 }
+console.log(`[${clientId}] holding users ${[...online].join(', ')}; Ctrl-C to leave`);
