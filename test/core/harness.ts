@@ -98,6 +98,11 @@ export class Sim {
     return this.quiet(this.run({ type: 'close', now: this.now, conn, code }));
   }
 
+  /** The host reports what its transport still holds for a connection. */
+  backlog(conn: number, bytes: number, unflushedFrom: number): Event[] {
+    return this.quiet(this.run({ type: 'backlog', now: this.now, conn, bytes, unflushedFrom }));
+  }
+
   httpDispatch(body: unknown): Event[] {
     return this.quiet(this.run({ type: 'dispatch', now: this.now, request: this.request++, body }));
   }
