@@ -8,6 +8,7 @@ import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { ENTRIES, type Kind, type Runtime } from './entries.ts';
 import type { LoadConfig } from './load.ts';
 import { median } from './lib/stats.ts';
 import { topSelf } from './profile.ts';
@@ -16,9 +17,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = join(ROOT, 'node_modules/.bin');
 const PASSWORD = 'bench-password';
 
-type Runtime = 'node' | 'bun' | 'deno';
 type Scenario = 'pairs' | 'latency' | 'fanout' | 'connections' | 'core';
-type Kind = 'baseline' | 'nerve';
 const ALL_RUNTIMES: Runtime[] = ['node', 'bun', 'deno'];
 const ALL_SCENARIOS: Scenario[] = ['pairs', 'latency', 'fanout', 'connections', 'core'];
 
@@ -95,9 +94,8 @@ function profileDir(kind: Kind, scenario: string, run: number): string {
   return join(ROOT, 'bench/results/profiles', `${kind}-${scenario}-${run + 1}`);
 }
 
-function serverCommand(runtime: Runtime, kind: Kind, opts: Options, prof?: string): string[] | null {
-  const entry = kind === 'baseline' ? `bench/baseline/${runtime}.ts` : `adapters/${runtime}.ts`;
-  if (!existsSync(join(ROOT, entry))) return null;
+function serverCommand(runtime: Runtime, kind: Kind, opts: Options, prof?: string): string[] {
+  const entry = ENTRIES[kind][runtime];
   if (runtime === 'node') {
     const flags = opts.profile && prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [];
     return [process.execPath, ...flags, '--import', 'tsx', entry];
@@ -324,7 +322,7 @@ async function socketRun(runtime: Runtime, scenario: Exclude<Scenario, 'core'>, 
   const prof = runtime === 'node' && opts.profile ? profileDir(kind, scenario, run) : undefined;
   // A profile left by an earlier invocation must not be mistaken for this run's.
   if (prof) rmSync(prof, { recursive: true, force: true });
-  const cmd = serverCommand(runtime, kind, opts, prof)!;
+  const cmd = serverCommand(runtime, kind, opts, prof);
   const env: Record<string, string> = { NERVE_PORT: '0', NERVE_HOST: '127.0.0.1', NERVE_PASSWORD: PASSWORD };
   // Short enough that idle connections really heartbeat while they are held.
   if (scenario === 'connections') env.NERVE_HEARTBEAT_INTERVAL = '2000';
@@ -402,7 +400,6 @@ async function coreRun(runtime: Runtime, opts: Options): Promise<any> {
       : runtime === 'bun'
         ? [join(BIN, 'bun'), 'run', 'bench/core.ts']
         : [join(BIN, 'deno'), 'run', '-A', 'bench/core.ts'];
-  if (!existsSync(join(ROOT, 'src/core/index.ts'))) return { ok: false, error: 'src/core/index.ts not found' };
   const full = pin(0, cmd);
   const r = spawnSync(full[0], full.slice(1), {
     cwd: ROOT,
@@ -559,17 +556,16 @@ async function main() {
   const core: Record<string, any> = {};
   const say = (s: string) => process.stderr.write(s + '\n');
   say(`bench: runtimes ${opts.runtimes.join(',')}; scenarios ${opts.scenarios.join(',')}; ${opts.runs} run(s)${opts.smoke ? ' (smoke)' : ''}`);
+  // A missing entry is a renamed file, not a server to leave out: stop before measuring anything.
+  const missing = opts.runtimes.flatMap((rt) => opts.servers.map((k) => ENTRIES[k][rt])).filter((entry) => !existsSync(join(ROOT, entry)));
+  if (missing.length) throw new Error(`no such entry file: ${missing.join(', ')} (bench/entries.ts names them)`);
 
   for (const rt of opts.runtimes) {
     if (!versions[rt]) {
       say(`${rt}: runtime not available, skipped`);
       continue;
     }
-    const kinds = opts.servers.filter((k) => {
-      const ok = serverCommand(rt, k, opts) !== null;
-      if (!ok) say(`${rt}: no ${k === 'nerve' ? `adapters/${rt}.ts` : `bench/baseline/${rt}.ts`} yet, ${k} skipped`);
-      return ok;
-    });
+    const kinds = opts.servers;
     for (const sc of opts.scenarios) {
       if (sc === 'core') {
         say(`${rt} core…`);

@@ -7,12 +7,19 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { ENTRIES } from '../bench/entries.ts';
 
 const root = resolve(import.meta.dirname, '..');
 const dir = mkdtempSync(join(tmpdir(), 'nerve-bench-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('bench --smoke (node)', () => {
+  it('every server it benchmarks has its entry file', () => {
+    for (const [kind, byRuntime] of Object.entries(ENTRIES)) {
+      for (const [runtime, entry] of Object.entries(byRuntime)) expect(existsSync(join(root, entry)), `${kind} on ${runtime}: ${entry}`).toBe(true);
+    }
+  });
+
   it('produces a non-zero result row for every scenario, baseline and Nerve', () => {
     const out = join(dir, 'smoke.json');
     const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--smoke', '--runtimes', 'node', '--out', out], {
@@ -23,9 +30,8 @@ describe('bench --smoke (node)', () => {
     expect(r.status, r.stderr + r.stdout).toBe(0);
     const res = JSON.parse(readFileSync(out, 'utf8'));
 
-    const servers = ['baseline', ...(existsSync(join(root, 'adapters/node.ts')) ? ['nerve'] : [])];
     for (const scenario of ['pairs', 'latency', 'fanout', 'connections']) {
-      for (const server of servers) {
+      for (const server of Object.keys(ENTRIES)) {
         const s = res.summaries.find((x: any) => x.runtime === 'node' && x.scenario === scenario && x.server === server);
         expect(s, `${server} ${scenario}: no row`).toBeDefined();
         expect(s.failed, `${server} ${scenario}: ${s.errors.join('; ')}`).toBe(0);
