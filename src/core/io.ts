@@ -1,14 +1,15 @@
 // What goes into `step` and what comes out: plain tagged data, never closures,
 // so tests compare them with toEqual and any host can execute them.
 
+import type { Claims } from './auth.ts';
 import type { CloseCode, Target, Wire } from './protocol.ts';
 
 /** Connections are named by the host; the core only compares them. */
 export type ConnId = number;
 
 export type Input =
-  /** A connection was accepted; the core answers with HELLO. */
-  | { type: 'open'; now: number; conn: ConnId; wire: Wire }
+  /** A connection was accepted; the core answers with HELLO. `remote` is the peer's address, where known. */
+  | { type: 'open'; now: number; conn: ConnId; wire: Wire; remote?: string }
   /** One inbound frame, exactly as received (text → string, binary → bytes). */
   | { type: 'message'; now: number; conn: ConnId; data: string | Uint8Array }
   /**
@@ -36,7 +37,9 @@ export type Input =
    * oldest routed event among them. Reported when it becomes non-zero, while
    * it stays non-zero, and when it is zero again.
    */
-  | { type: 'backlog'; now: number; conn: ConnId; bytes: number; unflushedFrom: number };
+  | { type: 'backlog'; now: number; conn: ConnId; bytes: number; unflushedFrom: number }
+  /** The answer to a `verify` output: the token's claims, or why it was refused. */
+  | { type: 'verified'; now: number; conn: ConnId; claims?: Claims; error?: string };
 
 export type Output =
   /** `s` is set on routed events, so a host can tell which ones its transport still holds. */
@@ -44,6 +47,8 @@ export type Output =
   | { type: 'close'; conn: ConnId; code: CloseCode; reason: string }
   /** Drop the connection now, discarding what the transport still holds (follows a close). */
   | { type: 'terminate'; conn: ConnId }
+  /** Verify this IDENTIFY token and answer with a `verified` input (signatures are checked by the host). */
+  | { type: 'verify'; conn: ConnId; token: string }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; msg: string; fields?: Record<string, unknown> }
   /** The answer to a `dispatch` input. */
   | { type: 'dispatched'; request: number; delivered: number; queued: number }
@@ -82,6 +87,8 @@ export interface Limits {
   maxConnections: number;
   /** open connections that have not identified yet. */
   maxUnidentified: number;
+  /** failed authentications per remote address per minute before a minute of 4429; 0 = off. */
+  authFailures: number;
 }
 
 export interface CoreConfig extends Limits {
@@ -108,6 +115,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxMemory: 1024 * 1_048_576,
   maxConnections: 20_000,
   maxUnidentified: 1_000,
+  authFailures: 20,
 };
 
 export type { Target, Wire };

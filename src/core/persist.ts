@@ -41,6 +41,9 @@ export interface ConnRecord {
   /** Rate-limit bucket, when a limit is set. */
   t?: number;
   ta?: number;
+  /** When its token expires; the peer's address. */
+  te?: number;
+  r?: string;
 }
 
 export interface RoutedRecord {
@@ -65,6 +68,10 @@ export interface SessionRecord {
   exp: number;
   /** Buffered entries up to this `s` were handed to a socket. */
   wr: number;
+  /** Who created it, when not the password; the apps its token may dispatch to; the metadata it fixes. */
+  au?: string;
+  dt?: string[];
+  fm?: Record<string, unknown>;
 }
 
 /** A buffered event: whole while it is still owed, else just the JSON text it was written as. */
@@ -130,6 +137,8 @@ export function connRecord(conn: Conn, rateLimited: boolean): ConnRecord {
   const record: ConnRecord = { id: conn.id, f: conn.wire.format, c: conn.wire.compression, o: conn.openedAt, h: conn.lastHeartbeat };
   if (conn.session) record.k = conn.session.key;
   if (conn.closing) record.x = true;
+  if (conn.tokenExpiresAt !== Infinity) record.te = conn.tokenExpiresAt;
+  if (conn.remote !== '') record.r = conn.remote;
   if (rateLimited) {
     record.t = conn.tokens;
     record.ta = conn.tokensAt;
@@ -154,7 +163,7 @@ function routedFrom(record: RoutedRecord, config: CoreConfig): Routed {
 }
 
 function sessionRecord(session: Session): SessionRecord {
-  return {
+  const record: SessionRecord = {
     ord: session.ordinal,
     app: session.app.name,
     id: session.clientId,
@@ -165,6 +174,11 @@ function sessionRecord(session: Session): SessionRecord {
     exp: session.expiresAt,
     wr: session.writtenUpTo,
   };
+  // A token's limits must outlive hibernation, or a woken hub would forget them.
+  if (session.authority !== 'password') record.au = session.authority;
+  if (session.dispatchTo !== undefined) record.dt = [...session.dispatchTo];
+  if (session.fixedMeta !== undefined) record.fm = session.fixedMeta;
+  return record;
 }
 
 /** Which replay rows storage holds for a session: `s` from `first` to `last`. */
@@ -282,6 +296,8 @@ export class Persister {
       const conn = newConn(record.id, { format: record.f, compression: record.c }, record.o, record.t ?? config.rateLimit * 2);
       conn.lastHeartbeat = record.h;
       conn.closing = record.x === true;
+      conn.tokenExpiresAt = record.te ?? Infinity;
+      conn.remote = record.r ?? '';
       conn.tokensAt = record.ta ?? now;
       state.conns.set(conn.id, conn);
     }
@@ -300,6 +316,9 @@ export class Persister {
       mergeMetadata(metadata, record.md, Infinity);
       const session = newSession(getApp(state, record.app), record.id, metadata, record.ord, record.at, record.seq);
       session.writtenUpTo = record.wr;
+      session.authority = record.au ?? 'password';
+      session.dispatchTo = record.dt === undefined ? undefined : new Set(record.dt);
+      session.fixedMeta = record.fm;
       session.expiresAt = record.exp;
       const rows = (replayByOrd.get(record.ord) ?? []).sort((a, b) => a.s - b.s);
       if (rows.length > 0) session.replayFirst = rows[0]!.s;

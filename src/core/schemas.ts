@@ -29,12 +29,16 @@ function strictObject<const E extends v.ObjectEntries>(field: string, entries: E
   return v.pipe(object(field), v.object(entries, `${field} must be an object`));
 }
 
+/** JWTs with a few claims are well under 2 KiB; a JWKS-signed RS4096 one stays under 8. */
+const MAX_TOKEN = 8_192;
+
 export const IdentifySchema = strictObject(
   'd',
   {
     app_name: name('app_name'),
     client_id: name('client_id'),
-    password: v.string('password must be a string'),
+    password: v.optional(v.string('password must be a string')),
+    token: v.optional(v.pipe(v.string('token must be a string'), v.maxLength(MAX_TOKEN, `token must be at most ${MAX_TOKEN} characters`))),
     reconnect: v.optional(v.boolean('reconnect must be true or false')),
     metadata: v.optional(object('metadata')),
     seq: v.optional(

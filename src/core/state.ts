@@ -2,6 +2,7 @@
 // (app_name, client_id), held queues, and the deadline heap. Only `step`
 // changes it.
 
+import type { AuthFailures } from './auth.ts';
 import type { ConnId, CoreConfig } from './io.ts';
 import type { MetadataRecord } from './metadata.ts';
 import type { Sender, Target, Wire } from './protocol.ts';
@@ -82,6 +83,12 @@ export interface Session extends SenderInfo {
   replayBytes: number;
   /** When a disconnected session stops being resumable. */
   expiresAt: number;
+  /** Who created it (see authorityOf): only the same authority, or the password, may take it over. */
+  authority: string;
+  /** Apps its token may dispatch to; undefined: any. */
+  dispatchTo: ReadonlySet<string> | undefined;
+  /** Metadata its token fixes. */
+  fixedMeta: Record<string, unknown> | undefined;
 }
 
 export interface Held {
@@ -118,6 +125,12 @@ export interface Conn {
   tokensAt: number;
   /** When the pending timer entry for this connection fires. */
   timerAt: number;
+  /** The peer's address as the host saw it ('' when unknown), for the failed-authentication budget. */
+  remote: string;
+  /** An IDENTIFY whose token the host is verifying. */
+  verifying: Identify | undefined;
+  /** When the token the session was identified with expires (Infinity: never, or the password). */
+  tokenExpiresAt: number;
   /** Bytes the transport holds for this connection, not yet handed to the OS (reported by the host). */
   backlog: number;
   /**
@@ -126,6 +139,17 @@ export interface Conn {
    * delivered if the connection dies: they are replayed, requeued or reported.
    */
   unflushedFrom: number;
+}
+
+/** An IDENTIFY payload that passed its schema. */
+export interface Identify {
+  app_name: string;
+  client_id: string;
+  password?: string | undefined;
+  token?: string | undefined;
+  reconnect?: boolean | undefined;
+  metadata?: Record<string, unknown> | undefined;
+  seq?: number | undefined;
 }
 
 export type TimerRef = { kind: 'conn'; conn: Conn } | { kind: 'session'; session: Session } | { kind: 'app'; app: AppState };
@@ -177,6 +201,8 @@ export interface State {
   httpTokensAt: number;
   /** Connections found too far behind during this step, cut when it ends. */
   slowConns: Conn[];
+  /** Failed authentications by remote address. */
+  authFailures: Map<string, AuthFailures>;
   draining: boolean;
   counters: Counters;
   changes?: Changes;
@@ -197,6 +223,7 @@ export function createState(config: CoreConfig): State {
     httpTokens: config.rateLimit * 2,
     httpTokensAt: 0,
     slowConns: [],
+    authFailures: new Map(),
     draining: false,
     counters: { framesIn: 0, framesOut: 0, dispatches: 0, deliveries: 0, queued: 0, undeliverable: 0, errors: {}, refused: {}, slowConsumers: 0 },
   };
@@ -214,7 +241,7 @@ export function overBudget(state: State, bytes: number): boolean {
 }
 
 /** A connection as it is accepted: nothing sent yet, not identified. */
-export function newConn(id: ConnId, wire: Wire, now: number, tokens: number): Conn {
+export function newConn(id: ConnId, wire: Wire, now: number, tokens: number, remote = ''): Conn {
   return {
     id,
     wire,
@@ -228,6 +255,9 @@ export function newConn(id: ConnId, wire: Wire, now: number, tokens: number): Co
     timerAt: 0,
     backlog: 0,
     unflushedFrom: Infinity,
+    remote,
+    verifying: undefined,
+    tokenExpiresAt: Infinity,
   };
 }
 
@@ -250,6 +280,9 @@ export function newSession(app: AppState, clientId: string, metadata: MetadataRe
     writtenUpTo: seq,
     replayBytes: 0,
     expiresAt: 0,
+    authority: 'password',
+    dispatchTo: undefined,
+    fixedMeta: undefined,
   };
 }
 

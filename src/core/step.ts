@@ -12,7 +12,7 @@
 // A timed-out (4408), slow (4507) or dropped session stays resumable; any other
 // error close, a client's own 1000/1001 close, or GO_AWAY ends it.
 
-import { DecodeError, decodeFrame, frameSize } from './codec.ts';
+import { checkDepth, DecodeError, decodeFrame, frameSize } from './codec.ts';
 import {
   acknowledge,
   clearReplay,
@@ -40,6 +40,7 @@ import {
   type CloseCode,
   type Wire,
 } from './protocol.ts';
+import { authorityOf, coolingDown, mayTakeOver, noteAuthFailure, touchesFixedKey, type Claims } from './auth.ts';
 import { passwordMatches } from './password.ts';
 import { compileQuery, QueryError, type MetadataTest } from './query.ts';
 import { IdentifySchema, isPlainObject, validate, validateDispatch, type Dispatch } from './schemas.ts';
@@ -54,6 +55,7 @@ import {
   touchApp,
   touchSession,
   type Conn,
+  type Identify,
   type Session,
   type State,
 } from './state.ts';
@@ -67,7 +69,7 @@ export function step(state: State, input: Input): [State, Output[]] {
   const out: Output[] = [];
   switch (input.type) {
     case 'open':
-      open(state, out, input.conn, input.wire, input.now);
+      open(state, out, input.conn, input.wire, input.now, input.remote);
       break;
     case 'message': {
       const conn = state.conns.get(input.conn);
@@ -110,6 +112,9 @@ export function step(state: State, input: Input): [State, Output[]] {
     case 'backlog':
       backlog(state, out, input.conn, input.bytes, input.unflushedFrom, input.now);
       break;
+    case 'verified':
+      verified(state, out, input.conn, input.claims, input.error, input.now);
+      break;
   }
   if (state.slowConns.length > 0) cutSlowConsumers(state, out, input.now);
   return [state, out];
@@ -121,8 +126,8 @@ function describeError(error: unknown, conn: Conn): Record<string, unknown> {
 
 // ── connections ────────────────────────────────────────────────────────────
 
-function open(state: State, out: Output[], id: ConnId, wire: Wire, now: number): void {
-  const conn = newConn(id, wire, now, state.config.rateLimit * 2);
+function open(state: State, out: Output[], id: ConnId, wire: Wire, now: number, remote = ''): void {
+  const conn = newConn(id, wire, now, state.config.rateLimit * 2, remote);
   state.conns.set(id, conn);
   state.liveConns++;
   state.unidentifiedConns++;
@@ -142,10 +147,13 @@ function open(state: State, out: Output[], id: ConnId, wire: Wire, now: number):
   armConn(state, conn);
 }
 
-/** Before IDENTIFY the deadline is the identify timeout; after, 1.5 heartbeat intervals past the last one. */
+/**
+ * Before IDENTIFY the deadline is the identify timeout; after, 1.5 heartbeat
+ * intervals past the last one, or the token's expiry if that comes first.
+ */
 export function connDeadline(state: State, conn: Conn): number {
   const interval = state.config.heartbeatInterval;
-  return conn.session ? conn.lastHeartbeat + interval * 1.5 : conn.openedAt + interval;
+  return conn.session ? Math.min(conn.lastHeartbeat + interval * 1.5, conn.tokenExpiresAt) : conn.openedAt + interval;
 }
 
 function armConn(state: State, conn: Conn): void {
@@ -249,7 +257,7 @@ function message(state: State, out: Output[], conn: Conn, data: string | Uint8Ar
   }
   let frame: unknown;
   try {
-    frame = decodeFrame(data, conn.wire, maxPayload);
+    frame = decodeFrame(data, conn.wire, maxPayload, state.config.maxDepth);
   } catch (error) {
     if (!(error instanceof DecodeError)) throw error;
     return reject(state, out, conn, error.tooLarge ? Close.TOO_LARGE : Close.BAD_FRAME, error.message, now);
@@ -263,7 +271,7 @@ function message(state: State, out: Output[], conn: Conn, data: string | Uint8Ar
     case Op.HEARTBEAT:
       return heartbeat(state, out, conn, now);
     case Op.IDENTIFY:
-      if (conn.session) return reject(state, out, conn, Close.FORBIDDEN, 'IDENTIFY: already identified', now);
+      if (conn.session || conn.verifying) return reject(state, out, conn, Close.FORBIDDEN, 'IDENTIFY: already identified', now);
       return identify(state, out, conn, frame.d, now);
     case Op.ABOUT_ME:
       if (!conn.session) return reject(state, out, conn, Close.FORBIDDEN, 'ABOUT_ME before IDENTIFY', now);
@@ -302,11 +310,57 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
   const parsed = validate(IdentifySchema, payload);
   if (!parsed.ok) return reject(state, out, conn, Close.BAD_FRAME, `IDENTIFY: ${parsed.error}`, now);
   const d = parsed.value;
-  if (!passwordMatches(d.password, state.config.password)) {
-    return reject(state, out, conn, Close.BAD_PASSWORD, 'IDENTIFY: wrong password', now);
+  if ((d.password === undefined) === (d.token === undefined)) {
+    return reject(state, out, conn, Close.BAD_FRAME, 'IDENTIFY: give exactly one of password and token', now);
   }
+  const cooling = coolingDown(state, conn.remote, now);
+  if (cooling > 0) {
+    const seconds = Math.ceil(cooling / 1000);
+    return reject(state, out, conn, Close.RATE_LIMITED, `IDENTIFY: too many failed authentications from this address; retry in ${seconds} s`, now);
+  }
+  if (d.token !== undefined) {
+    // Signatures are checked by the host, which answers with a `verified` input.
+    conn.verifying = d;
+    out.push({ type: 'verify', conn: conn.id, token: d.token });
+    return;
+  }
+  if (!passwordMatches(d.password!, state.config.password)) return authFailed(state, out, conn, 'IDENTIFY: wrong password', now);
+  admit(state, out, conn, d, undefined, now);
+}
+
+/** The host's answer about an IDENTIFY token: its claims must allow the identity asked for. */
+function verified(state: State, out: Output[], id: ConnId, claims: Claims | undefined, error: string | undefined, now: number): void {
+  const conn = state.conns.get(id);
+  const d = conn?.verifying;
+  if (!conn || conn.closing || !d) return;
+  conn.verifying = undefined;
+  if (error !== undefined || claims === undefined) return authFailed(state, out, conn, `IDENTIFY: ${error ?? 'invalid token'}`, now);
+  if (claims.exp !== undefined && claims.exp <= now) return authFailed(state, out, conn, 'IDENTIFY: the token has expired', now);
+  if (claims.app !== d.app_name) {
+    return authFailed(state, out, conn, `IDENTIFY: the token is for app ${claims.app}, not ${d.app_name}`, now);
+  }
+  if (claims.sub !== undefined && claims.sub !== d.client_id) {
+    return authFailed(state, out, conn, `IDENTIFY: the token is for client_id ${claims.sub}, not ${d.client_id}`, now);
+  }
+  admit(state, out, conn, d, claims, now);
+}
+
+/** 4401, counted against the remote address's budget; the first failure past it is logged. */
+function authFailed(state: State, out: Output[], conn: Conn, reason: string, now: number): void {
+  if (noteAuthFailure(state, conn.remote, now)) {
+    out.push({ type: 'log', level: 'warn', msg: 'too many failed authentications: cooling down', fields: { remote: conn.remote, budget: state.config.authFailures } });
+  }
+  reject(state, out, conn, Close.BAD_PASSWORD, reason, now);
+}
+
+/** IDENTIFY with a password that matched, or a token whose claims allow it. */
+function admit(state: State, out: Output[], conn: Conn, d: Identify, claims: Claims | undefined, now: number): void {
   const key = sessionKey(d.app_name, d.client_id);
   const existing = state.sessions.get(key);
+  const authority = authorityOf(claims);
+  if (existing && !mayTakeOver(existing.authority, authority)) {
+    return reject(state, out, conn, Close.FORBIDDEN, `IDENTIFY: this token may not take over ${d.app_name}/${d.client_id}`, now);
+  }
   if (existing?.conn && !d.reconnect) {
     return reject(state, out, conn, Close.CONFLICT, `IDENTIFY: ${d.app_name}/${d.client_id} is already connected`, now);
   }
@@ -315,8 +369,12 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
     // A client cannot have processed an `s` never handed out: it is confused about which session this is.
     return reject(state, out, conn, Close.BAD_FRAME, `IDENTIFY: seq ${d.seq} is ahead of the session, whose last s is ${existing.seq}`, now);
   }
+  const fixed = claims?.meta;
+  const fixedKey = d.metadata ? touchesFixedKey(fixed, d.metadata) : undefined;
+  if (fixedKey !== undefined) return reject(state, out, conn, Close.FORBIDDEN, `IDENTIFY: metadata key ${fixedKey} is fixed by the token`, now);
   const metadata = resuming ? existing : emptyMetadata();
-  const refusal = d.metadata ? mergeWithinLimits(state, metadata, d.metadata, 'IDENTIFY') : undefined;
+  const patch = fixed ? { ...d.metadata, ...fixed } : d.metadata;
+  const refusal = patch ? mergeWithinLimits(state, metadata, patch, 'IDENTIFY') : undefined;
   if (refusal) return reject(state, out, conn, refusal.code, refusal.reason, now);
 
   let session: Session;
@@ -336,9 +394,14 @@ function identify(state: State, out: Output[], conn: Conn, payload: unknown, now
     state.sessions.set(key, session);
     joinApp(session);
   }
+  session.authority = authority;
+  session.dispatchTo = claims?.dispatch === undefined ? undefined : new Set(claims.dispatch);
+  session.fixedMeta = fixed;
+  conn.tokenExpiresAt = claims?.exp ?? Infinity;
   session.conn = conn;
   session.connectedAt = now;
   conn.session = session;
+  if (conn.tokenExpiresAt < conn.timerAt) armConn(state, conn);
   state.unidentifiedConns--;
   touchSession(state, session);
   state.connectedClients++;
@@ -413,6 +476,8 @@ function mergeWithinLimits(state: State, record: MetadataRecord, patch: Record<s
 
 function aboutMe(state: State, out: Output[], conn: Conn, session: Session, payload: unknown, now: number): void {
   if (!isPlainObject(payload)) return reject(state, out, conn, Close.BAD_FRAME, 'ABOUT_ME: d must be an object', now);
+  const fixedKey = touchesFixedKey(session.fixedMeta, payload);
+  if (fixedKey !== undefined) return reject(state, out, conn, Close.FORBIDDEN, `ABOUT_ME: metadata key ${fixedKey} is fixed by the token`, now);
   const refusal = mergeWithinLimits(state, session, payload, 'ABOUT_ME');
   if (refusal) return reject(state, out, conn, refusal.code, refusal.reason, now);
   touchSession(state, session);
@@ -422,13 +487,13 @@ function aboutMe(state: State, out: Output[], conn: Conn, session: Session, payl
 // ── dispatch ───────────────────────────────────────────────────────────────
 
 /** Validates a dispatch body and compiles its query; the error text names the field. */
-function parseDispatch(body: unknown): { ok: true; value: Dispatch; test?: MetadataTest } | { ok: false; error: string } {
+function parseDispatch(state: State, body: unknown): { ok: true; value: Dispatch; test?: MetadataTest } | { ok: false; error: string } {
   const parsed = validateDispatch(body);
   if (!parsed.ok) return parsed;
   const query = parsed.value.to.query;
   if (query === undefined) return parsed;
   try {
-    return { ok: true, value: parsed.value, test: compileQuery(query) };
+    return { ok: true, value: parsed.value, test: compileQuery(query, state.config) };
   } catch (error) {
     if (!(error instanceof QueryError)) throw error;
     return { ok: false, error: `to.query: ${error.message}` };
@@ -436,9 +501,12 @@ function parseDispatch(body: unknown): { ok: true; value: Dispatch; test?: Metad
 }
 
 function dispatch(state: State, out: Output[], conn: Conn, session: Session, frame: unknown, now: number): void {
-  const parsed = parseDispatch(frame);
+  const parsed = parseDispatch(state, frame);
   if (!parsed.ok) return reject(state, out, conn, Close.BAD_FRAME, `DISPATCH: ${parsed.error}`, now);
   const { e, d, to, nonce } = parsed.value;
+  if (session.dispatchTo !== undefined && !session.dispatchTo.has(to.app_name)) {
+    return reject(state, out, conn, Close.FORBIDDEN, `DISPATCH: the token may not dispatch to app ${to.app_name}`, now);
+  }
   const msg = createRouted(e, d ?? null, session, nonce, to, parsed.test);
   const result = route(state, out, msg, now);
   if (nonce !== undefined) acknowledge(state, out, session.key, nonce, result.delivered, result.queued);
@@ -464,7 +532,9 @@ function httpDispatch(state: State, out: Output[], request: number, body: unknow
     out.push({ type: 'rejected', request, status: 429, error: `rate limit exceeded: more than ${state.config.rateLimit} dispatches per second` });
     return;
   }
-  const parsed = parseDispatch(body);
+  // A socket frame's depth is checked as it is decoded; an HTTP body arrives already parsed.
+  const tooDeep = checkDepth(body, state.config.maxDepth);
+  const parsed = tooDeep === undefined ? parseDispatch(state, body) : { ok: false as const, error: tooDeep };
   if (!parsed.ok) {
     out.push({ type: 'rejected', request, status: 400, error: parsed.error });
     return;
@@ -487,6 +557,12 @@ function tick(state: State, out: Output[], now: number): void {
       if (now < deadline) {
         conn.timerAt = deadline;
         state.timers.push(deadline, ref);
+      } else if (conn.session && now >= conn.tokenExpiresAt) {
+        // Not the client's fault as such: it may resume with a fresh token.
+        const session = conn.session;
+        fail(state, out, conn, Close.BAD_PASSWORD, 'token expired');
+        detach(state, conn, session);
+        keepResumable(state, out, session, now);
       } else if (conn.session) {
         const limit = state.config.heartbeatInterval * 1.5;
         reject(state, out, conn, Close.TIMEOUT, `heartbeat timeout: no HEARTBEAT within ${limit} ms`, now);

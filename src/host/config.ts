@@ -3,6 +3,7 @@
 // names the variable.
 
 import { DEFAULT_LIMITS, type CoreConfig } from '../core/io.ts';
+import { parseJwks, type TokenSettings } from './tokens.ts';
 
 export interface HostConfig extends CoreConfig {
   port: number;
@@ -10,6 +11,10 @@ export interface HostConfig extends CoreConfig {
   drainTimeout: number;
   /** True when NERVE_PASSWORD was not set and one was generated. */
   generatedPassword: boolean;
+  /** Keys for IDENTIFY and HTTP tokens; absent: only the password is accepted. */
+  tokens?: TokenSettings;
+  /** Origins a browser WebSocket may come from (`*`: any); absent: Origin is not checked. */
+  allowedOrigins?: readonly string[] | '*';
 }
 
 export class ConfigError extends Error {}
@@ -63,6 +68,52 @@ export function defaultMaxMemory(): number {
   return limits.length === 0 ? ISOLATE_BUDGET : Math.floor(Math.min(...limits) / 4);
 }
 
+function tokenSettings(env: Env): TokenSettings | undefined {
+  const settings: TokenSettings = {};
+  const secret = env.NERVE_JWT_SECRET;
+  if (secret !== undefined && secret !== '') {
+    // HS256 with a short secret can be brute-forced offline from one token.
+    if (secret.length < 32) throw new ConfigError('NERVE_JWT_SECRET must be at least 32 characters');
+    settings.secret = secret;
+  }
+  const jwks = env.NERVE_JWT_PUBLIC_KEYS;
+  if (jwks !== undefined && jwks !== '') {
+    try {
+      settings.jwks = parseJwks(jwks);
+    } catch (error) {
+      throw new ConfigError(`NERVE_JWT_PUBLIC_KEYS ${(error as Error).message}`);
+    }
+  }
+  if (env.NERVE_JWT_ISSUER) settings.issuer = env.NERVE_JWT_ISSUER;
+  if (env.NERVE_JWT_AUDIENCE) settings.audience = env.NERVE_JWT_AUDIENCE;
+  if (settings.secret === undefined && settings.jwks === undefined) {
+    if (settings.issuer !== undefined || settings.audience !== undefined) {
+      throw new ConfigError('NERVE_JWT_ISSUER and NERVE_JWT_AUDIENCE need NERVE_JWT_SECRET or NERVE_JWT_PUBLIC_KEYS');
+    }
+    return undefined;
+  }
+  return settings;
+}
+
+function allowedOrigins(env: Env): readonly string[] | '*' | undefined {
+  const raw = env.NERVE_ALLOWED_ORIGINS?.trim();
+  if (!raw) return undefined;
+  const list = raw.split(',').map((origin) => origin.trim()).filter(Boolean);
+  if (list.includes('*')) return '*';
+  for (const origin of list) {
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(origin);
+    } catch {
+      parsed = undefined;
+    }
+    if (!parsed || parsed.origin !== origin) {
+      throw new ConfigError(`NERVE_ALLOWED_ORIGINS must list origins like https://app.example.com (got ${JSON.stringify(origin)})`);
+    }
+  }
+  return list;
+}
+
 /** Reads and validates the configuration; throws ConfigError naming the first bad variable. */
 export function loadConfig(env: Env, worker = newWorkerId()): HostConfig {
   const host = env.NERVE_HOST?.trim() || '127.0.0.1';
@@ -96,7 +147,15 @@ export function loadConfig(env: Env, worker = newWorkerId()): HostConfig {
     maxMemory: integer(env, 'NERVE_MAX_MEMORY', defaultMaxMemory(), 1024),
     maxConnections: integer(env, 'NERVE_MAX_CONNECTIONS', DEFAULT_LIMITS.maxConnections, 1),
     maxUnidentified: integer(env, 'NERVE_MAX_UNIDENTIFIED', DEFAULT_LIMITS.maxUnidentified, 1),
+    authFailures: integer(env, 'NERVE_AUTH_FAILURES', DEFAULT_LIMITS.authFailures, 0),
+    ...optional('tokens', tokenSettings(env)),
+    ...optional('allowedOrigins', allowedOrigins(env)),
   };
+}
+
+/** `{key: value}` when there is a value, `{}` otherwise (optional fields stay absent, not undefined). */
+function optional<K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } {
+  return (value === undefined ? {} : { [key]: value }) as { [P in K]?: V };
 }
 
 /** `?format=` and `?compression=` of an upgrade request, or the error to answer with HTTP 400. */

@@ -6,21 +6,41 @@ import { Hono, type Context, type MiddlewareHandler } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { passwordMatches } from '../core/password.ts';
 import type { Wire } from '../core/protocol.ts';
-import { parseWire } from './config.ts';
+import { parseWire, type HostConfig } from './config.ts';
 import type { Hub } from './hub.ts';
 
 /** Performs the runtime's WebSocket upgrade for an already-validated request. */
 export type Upgrade = (c: Context, wire: Wire) => Response | Promise<Response>;
 
-function bearerMatches(header: string | undefined, password: string): boolean {
+/** The password, or a token whose claims say `admin`; answers 401 or 403 otherwise. */
+async function authorize(header: string | undefined, hub: Hub): Promise<{ status: 401 | 403; error: string } | undefined> {
   const match = /^Bearer (.+)$/.exec(header ?? '');
-  return match !== null && passwordMatches(match[1]!, password);
+  if (!match) return { status: 401, error: 'missing bearer token in Authorization' };
+  const credential = match[1]!;
+  if (passwordMatches(credential, hub.config.password)) return undefined;
+  // Anything shaped like a JWT is checked as one; anything else was a wrong password.
+  if (credential.split('.').length !== 3) return { status: 401, error: 'wrong bearer token in Authorization' };
+  try {
+    const claims = await hub.verifyToken(credential);
+    if (claims.exp !== undefined && claims.exp <= Date.now()) return { status: 401, error: 'the token has expired' };
+    return claims.admin === true ? undefined : { status: 403, error: 'this token may not use the HTTP routes: it is not an admin token' };
+  } catch (error) {
+    return { status: 401, error: error instanceof Error ? error.message : 'invalid token' };
+  }
 }
 
-/** Answers a WebSocket request whose query is bad, or that arrives while draining. */
-export function refuseUpgrade(url: URL, hub: Hub): Response | Wire {
+function originAllowed(origin: string | undefined, allowed: readonly string[] | '*' | undefined): boolean {
+  // Services send no Origin; only browsers do, and only they are held to the list.
+  return origin === undefined || allowed === undefined || allowed === '*' || allowed.includes(origin);
+}
+
+/** Answers a WebSocket request whose query is bad, whose Origin is not allowed, or that arrives while draining. */
+export function refuseUpgrade(url: URL, hub: Hub, origin?: string): Response | Wire {
   const wire = parseWire(url);
   if ('error' in wire) return new Response(`${wire.error}\n`, { status: 400, headers: { 'content-type': 'text/plain' } });
+  if (!originAllowed(origin, (hub.config as HostConfig).allowedOrigins)) {
+    return Response.json({ error: `origin ${origin} is not allowed: see NERVE_ALLOWED_ORIGINS` }, { status: 403 });
+  }
   if (hub.draining) return new Response('server is shutting down\n', { status: 503, headers: { 'content-type': 'text/plain' } });
   return wire;
 }
@@ -33,9 +53,8 @@ export function createHttpApp(hub: Hub, upgrade?: Upgrade): Hono {
   app.get('/metrics', (c) => c.text(hub.metrics(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }));
 
   const requirePassword: MiddlewareHandler = async (c, next) => {
-    if (!bearerMatches(c.req.header('authorization'), hub.config.password)) {
-      return c.json({ error: 'missing or wrong bearer token in Authorization' }, 401);
-    }
+    const refused = await authorize(c.req.header('authorization'), hub);
+    if (refused) return c.json({ error: refused.error }, refused.status);
     await next();
   };
   app.use('/clients', requirePassword);
@@ -71,7 +90,7 @@ export function createHttpApp(hub: Hub, upgrade?: Upgrade): Hono {
     if (c.req.header('upgrade')?.toLowerCase() !== 'websocket') {
       return c.text('Nerve speaks WebSocket on this path; see /health for status.\n', 426);
     }
-    const wire = refuseUpgrade(new URL(c.req.url), hub);
+    const wire = refuseUpgrade(new URL(c.req.url), hub, c.req.header('origin'));
     if (wire instanceof Response) return wire;
     if (!upgrade) return c.text('WebSocket upgrade is handled by the server, not this app\n', 500);
     return upgrade(c, wire);

@@ -11,6 +11,7 @@ import type { ConnId, CoreConfig, Input, Output } from '../core/io.ts';
 import { listClients, stats, type ClientInfo } from '../core/inspect.ts';
 import type { Wire } from '../core/protocol.ts';
 import { renderMetrics } from './metrics.ts';
+import { createTokenVerifier, type TokenSettings, type VerifyToken } from './tokens.ts';
 
 /** What the hub needs of a WebSocket; every runtime's socket fits in a few lines. */
 export interface HubSocket {
@@ -24,7 +25,8 @@ export interface HubSocket {
 }
 
 export interface HubOptions {
-  config: CoreConfig;
+  /** The core's config; `tokens`, when present, are the keys IDENTIFY and HTTP tokens are verified with. */
+  config: CoreConfig & { tokens?: TokenSettings | undefined };
   /** Writes one log line (already JSON). */
   log?: (line: string) => void;
   now?: () => number;
@@ -49,6 +51,8 @@ export interface HubOptions {
    * runtime owns that handshake). Default 2000.
    */
   closeGrace?: number;
+  /** Verifies an IDENTIFY or HTTP token; default: jose with `config.tokens`. */
+  verifyToken?: VerifyToken;
 }
 
 export type DispatchResult =
@@ -113,6 +117,8 @@ export class Hub {
   private readonly behind = new Set<Peer>();
   private recheck: ReturnType<typeof setTimeout> | undefined;
   private readonly flushAll = () => this.flush();
+  /** Checks a token's signature and returns its claims, or rejects with the reason. */
+  readonly verifyToken: VerifyToken;
 
   constructor(options: HubOptions) {
     this.config = options.config;
@@ -123,6 +129,7 @@ export class Hub {
     this.arm = options.arm ?? ((at) => this.armTimeout(at));
     this.schedule = options.schedule;
     this.closeGrace = options.closeGrace ?? DEFAULT_CLOSE_GRACE_MS;
+    this.verifyToken = options.verifyToken ?? createTokenVerifier(options.config.tokens);
   }
 
   get draining(): boolean {
@@ -133,11 +140,15 @@ export class Hub {
     this.writeLog(JSON.stringify({ time: new Date(this.now()).toISOString(), level, worker: this.config.worker, msg, ...fields }));
   }
 
-  /** A WebSocket was accepted; returns the id to pass to receive/closed. */
-  open(socket: HubSocket, wire: Wire): ConnId {
+  /**
+   * A WebSocket was accepted; returns the id to pass to receive/closed.
+   * `remote` is the peer's address where the runtime knows it (failed
+   * authentications are budgeted per address).
+   */
+  open(socket: HubSocket, wire: Wire, remote?: string): ConnId {
     const conn = this.nextConn++;
     this.peers.set(conn, new Peer(conn, socket));
-    this.run({ type: 'open', now: this.now(), conn, wire });
+    this.run(remote === undefined ? { type: 'open', now: this.now(), conn, wire } : { type: 'open', now: this.now(), conn, wire, remote });
     return conn;
   }
 
@@ -308,6 +319,14 @@ export class Hub {
         peer.frames.length = 0;
         peer.seqs.length = 0;
         this.guard(peer, 'terminate', () => peer.socket.terminate());
+        return;
+      }
+      case 'verify': {
+        const conn = output.conn;
+        this.verifyToken(output.token).then(
+          (claims) => this.run({ type: 'verified', now: this.now(), conn, claims }),
+          (error: unknown) => this.run({ type: 'verified', now: this.now(), conn, error: error instanceof Error ? error.message : 'invalid token' }),
+        );
         return;
       }
       case 'log':

@@ -4,6 +4,7 @@
 import { Packr } from 'msgpackr';
 import { unzlibSync, zlibSync } from 'fflate';
 import { createState, DEFAULT_LIMITS, nextDeadline, step, type CoreConfig, type Output, type State } from '../../src/core/index.ts';
+import type { Claims } from '../../src/core/auth.ts';
 import type { Wire } from '../../src/core/protocol.ts';
 
 const packr = new Packr({ useRecords: false });
@@ -14,7 +15,8 @@ export type Event =
   | { log: string; fields?: Record<string, unknown> }
   | { dispatched: { delivered: number; queued: number } }
   | { rejected: string; status: number }
-  | { conn: number; terminate: true };
+  | { conn: number; terminate: true }
+  | { conn: number; verify: string };
 
 export const JSON_WIRE: Wire = { format: 'json', compression: 'none' };
 
@@ -51,6 +53,8 @@ export class Sim {
         return { rejected: output.error, status: output.status };
       case 'terminate':
         return { conn: output.conn, terminate: true };
+      case 'verify':
+        return { conn: output.conn, verify: output.token };
     }
   }
 
@@ -69,9 +73,14 @@ export class Sim {
     return events.filter((event) => !('log' in event));
   }
 
-  open(conn: number, wire: Wire = JSON_WIRE): Event[] {
+  open(conn: number, wire: Wire = JSON_WIRE, remote?: string): Event[] {
     this.wires.set(conn, wire);
-    return this.quiet(this.run({ type: 'open', now: this.now, conn, wire }));
+    return this.quiet(this.run(remote === undefined ? { type: 'open', now: this.now, conn, wire } : { type: 'open', now: this.now, conn, wire, remote }));
+  }
+
+  /** The host's answer to a `verify` output. */
+  verified(conn: number, answer: { claims: Claims } | { error: string }): Event[] {
+    return this.quiet(this.run({ type: 'verified', now: this.now, conn, ...answer }));
   }
 
   /** Sends a frame object (encoded for the connection's wire) or raw data as is. */
