@@ -63,7 +63,10 @@ import { closeConn, createRouted, fail, send, sendHeartbeatAck, sendRouted } fro
 
 const HTTP_SENDER = { from: { app_name: HTTP_SENDER_APP }, fromJson: JSON.stringify({ app_name: HTTP_SENDER_APP }) };
 
-const SERVER_OPS: Record<number, string> = { 0: 'HELLO', 2: 'WELCOME', 4: 'HEARTBEAT_ACK', 5: 'GO_AWAY', 6: 'NO_U_TBH' };
+/** Ops only the server sends, by number, named as in Op. */
+const SERVER_OPS: ReadonlyMap<number, string> = new Map(
+  (['HELLO', 'WELCOME', 'HEARTBEAT_ACK', 'GO_AWAY', 'NO_U_TBH'] as const).map((name) => [Op[name], name]),
+);
 
 export function step(state: State, input: Input): [State, Output[]] {
   const out: Output[] = [];
@@ -280,7 +283,7 @@ function message(state: State, out: Output[], conn: Conn, data: string | Uint8Ar
       if (!conn.session) return reject(state, out, conn, Close.FORBIDDEN, 'DISPATCH before IDENTIFY', now);
       return dispatch(state, out, conn, conn.session, frame, now);
     default: {
-      const serverOp = SERVER_OPS[op];
+      const serverOp = SERVER_OPS.get(op);
       const reason = serverOp ? `op ${op} (${serverOp}) is sent by the server only` : `unknown op ${op}`;
       return reject(state, out, conn, Close.BAD_FRAME, reason, now);
     }
