@@ -1,6 +1,6 @@
-// Cloudflare host: a Worker that sends each request to its hub's Durable
-// Object, and the Durable Object that runs one hub on the WebSocket
-// Hibernation API. Translation only — every protocol decision is in src/core.
+// Cloudflare host (`nerve/cloudflare`, and wrangler's main): a Worker that
+// sends each request to its hub's Durable Object, and the NerveHub Durable
+// Object that runs one hub on the WebSocket Hibernation API. Translation only.
 
 import { DurableObject } from 'cloudflare:workers';
 import type { ConnId, Input, Output } from '../src/core/io.ts';
@@ -17,44 +17,59 @@ import { ConfigError, loadConfig, type HostConfig } from '../src/host/config.ts'
 import { createHttpApp, type Upgrade } from '../src/host/http.ts';
 import { Hub, type HubSocket } from '../src/host/hub.ts';
 
-interface Env {
+/** The Worker's bindings: the NerveHub namespace and the NERVE_* vars and secrets. */
+export interface NerveEnv {
   NERVE_HUB: DurableObjectNamespace<NerveHub>;
   [name: string]: unknown;
 }
 
-const DEFAULT_HUB = 'main';
+export interface WorkerOptions {
+  /** The Durable Object binding of the NerveHub class in wrangler.toml. Default `NERVE_HUB`. */
+  binding?: string;
+  /** The hub a path outside `/hubs/<name>` reaches. Default `main`. */
+  defaultHub?: string;
+}
 
-/** `/hubs/<name>/<route>` reaches hub `<name>`; every other path reaches `main`. */
+/** `/hubs/<name>/<route>` reaches hub `<name>`; every other path reaches the default hub. */
 const HUB_PATH = /^\/hubs\/([^/]+)(\/.*)?$/;
 const HUB_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 
-export default {
-  async fetch(request: Request, env: Env): Promise<Response> {
-    const url = new URL(request.url);
-    let name = DEFAULT_HUB;
-    const match = HUB_PATH.exec(url.pathname);
-    if (match) {
-      try {
-        name = decodeURIComponent(match[1]!);
-      } catch {
-        name = '';
+/** The Worker: sends each request to its hub's Durable Object. */
+export function createWorker(options: WorkerOptions = {}): ExportedHandler<NerveEnv> & { fetch(request: Request, env: NerveEnv): Promise<Response> } {
+  const binding = options.binding ?? 'NERVE_HUB';
+  const defaultHub = options.defaultHub ?? 'main';
+  return {
+    async fetch(request: Request, env: NerveEnv): Promise<Response> {
+      const url = new URL(request.url);
+      let name = defaultHub;
+      const match = HUB_PATH.exec(url.pathname);
+      if (match) {
+        try {
+          name = decodeURIComponent(match[1]!);
+        } catch {
+          name = '';
+        }
+        if (!HUB_NAME.test(name)) {
+          return Response.json({ error: 'hub name must be 1 to 64 characters of A-Z a-z 0-9 _ . -' }, { status: 400 });
+        }
+        url.pathname = match[2] ?? '/';
       }
-      if (!HUB_NAME.test(name)) {
-        return Response.json({ error: 'hub name must be 1 to 64 characters of A-Z a-z 0-9 _ . -' }, { status: 400 });
-      }
-      url.pathname = match[2] ?? '/';
-    }
-    const stub = env.NERVE_HUB.get(env.NERVE_HUB.idFromName(name));
-    // A body the hub answers without reading (a 401) must not still be streaming
-    // to it afterwards: the runtime then fails the request ("Can't read from request
-    // stream after response has been sent"). Bodies here are small; read them first.
-    if (!request.body) return stub.fetch(new Request(url, request));
-    return stub.fetch(new Request(url, { method: request.method, headers: request.headers, body: await request.arrayBuffer() }));
-  },
-} satisfies ExportedHandler<Env>;
+      const namespace = env[binding] as DurableObjectNamespace<NerveHub> | undefined;
+      if (!namespace) return new Response(`nerve: no Durable Object binding ${binding}\n`, { status: 500, headers: { 'content-type': 'text/plain' } });
+      const stub = namespace.get(namespace.idFromName(name));
+      // A body the hub answers without reading (a 401) must not still be streaming
+      // to it afterwards: the runtime then fails the request ("Can't read from request
+      // stream after response has been sent"). Bodies here are small; read them first.
+      if (!request.body) return stub.fetch(new Request(url, request));
+      return stub.fetch(new Request(url, { method: request.method, headers: request.headers, body: await request.arrayBuffer() }));
+    },
+  };
+}
+
+export default createWorker();
 
 /** Worker vars are strings, or numbers and booleans when written unquoted in wrangler.toml. */
-function nerveVars(env: Env): Record<string, string | undefined> {
+function nerveVars(env: NerveEnv): Record<string, string | undefined> {
   const vars: Record<string, string | undefined> = {};
   for (const [name, value] of Object.entries(env)) {
     if (!name.startsWith('NERVE_')) continue;
@@ -73,10 +88,26 @@ function replyCode(code: number): number {
   return code === 1000 || code === 1001 || (code >= 3000 && code <= 4999) ? code : 1000;
 }
 
+/**
+ * A hibernatable WebSocket as the hub sees it. workerd's WebSocket has no
+ * `bufferedAmount` (checked with workerd 2026-04-26: the property does not
+ * exist), so the backlog stays with the runtime and reads as 0; nor can a
+ * socket be dropped without a close frame, so terminate() is a close.
+ */
 function socketOf(ws: WebSocket): HubSocket {
   return {
-    send: (data) => ws.send(data),
+    send: (frames) => {
+      for (let i = 0; i < frames.length; i++) ws.send(frames[i]!);
+    },
     close: (code, reason) => ws.close(code, reason),
+    buffered: () => 0,
+    terminate: () => {
+      try {
+        ws.close(1011, 'terminated');
+      } catch {
+        // Already closed: nothing left to drop.
+      }
+    },
   };
 }
 
@@ -101,7 +132,7 @@ interface Running {
  * attachments and SQLite storage when this instance is new; every step ends
  * by writing what it changed.
  */
-export class NerveHub extends DurableObject<Env> {
+export class NerveHub extends DurableObject<NerveEnv> {
   private current: Running | undefined;
   private failure: string | undefined;
   private readonly sockets = new Map<ConnId, WebSocket>();
@@ -109,6 +140,11 @@ export class NerveHub extends DurableObject<Env> {
   /** Last attachment written per connection, to skip identical rewrites. */
   private readonly attached = new Map<ConnId, string>();
   private opening: WebSocket | undefined;
+
+  /** This object's hub, rebuilt from storage if it was asleep; undefined while the config is invalid. */
+  get hub(): Hub | undefined {
+    return this.running()?.hub;
+  }
 
   override async fetch(request: Request): Promise<Response> {
     const running = this.running();
@@ -195,8 +231,9 @@ export class NerveHub extends DurableObject<Env> {
     const sql = this.ctx.storage.sql;
     for (const statement of SCHEMA) sql.exec(statement);
     const rows = <T>(query: string) => sql.exec<{ v: string }>(query).toArray().map((row) => JSON.parse(row.v) as T);
+    const [meta] = rows<NonNullable<Stored['meta']>>('SELECT v FROM nerve_meta WHERE id = 1');
     const stored: Stored = {
-      meta: rows<Stored['meta']>('SELECT v FROM nerve_meta WHERE id = 1')[0],
+      ...(meta ? { meta } : {}),
       sessions: rows('SELECT v FROM nerve_sessions'),
       replay: rows('SELECT v FROM nerve_replay'),
       apps: rows('SELECT v FROM nerve_apps'),
@@ -219,6 +256,8 @@ export class NerveHub extends DurableObject<Env> {
     const hub = new Hub({
       config,
       state,
+      // The runtime owns the closing handshake of a hibernatable socket.
+      closeGrace: 0,
       arm: (at) => void (at === undefined ? this.ctx.storage.deleteAlarm() : this.ctx.storage.setAlarm(at)),
       afterStep: (input, outputs) => this.afterStep(input, outputs),
     });

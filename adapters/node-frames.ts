@@ -1,8 +1,7 @@
-// Node host: a socket's outgoing WebSocket frames for one event-loop turn,
-// written as one buffer when the turn ends. `ws` would spend two stream writes
-// and two option objects per frame; frames from a server are never masked, so
-// framing is only a 2–10 byte header (RFC 6455 §5.2) and one write per socket
-// per turn carries any number of them.
+// Node host: a socket's outgoing WebSocket frames for one hub flush, written
+// as one buffer. `ws` would spend two stream writes and two option objects per
+// frame; frames from a server are never masked, so framing is only a 2–10 byte
+// header (RFC 6455 §5.2) and one write per socket per flush carries any number.
 
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
@@ -53,44 +52,37 @@ export function encodeFrames(frames: readonly (string | Uint8Array)[], lengths: 
   return out;
 }
 
-/** Sockets with frames waiting for the end of this turn. */
-const pending: BatchedSocket[] = [];
-function flushAll(): void {
-  for (let i = 0; i < pending.length; i++) pending[i]!.flush();
-  pending.length = 0;
-}
+/** Scratch space for payload sizes, shared: encodeFrames runs to completion before anyone else. */
+const lengths: number[] = [];
 
 /**
- * A `ws` connection as the hub sees it. Data frames go straight to the TCP
- * socket, batched per turn; `ws` keeps the handshake, reading, control frames
- * and the closing handshake. Frames queued for a connection that is no longer
- * open are dropped, as `ws` itself drops sends after close.
+ * A `ws` connection as the hub sees it. The hub hands over one turn's frames
+ * at once and they go straight to the TCP socket as one buffer; `ws` keeps the
+ * handshake, reading, control frames and the closing handshake. Frames for a
+ * connection that is no longer open are dropped, as `ws` itself drops sends
+ * after close.
  */
-export class BatchedSocket implements HubSocket {
-  private readonly frames: (string | Uint8Array)[] = [];
-  private readonly lengths: number[] = [];
+export class NodeSocket implements HubSocket {
   private readonly raw: Socket;
 
   constructor(private readonly ws: WebSocket) {
     this.raw = (ws as unknown as { _socket: Socket })._socket;
   }
 
-  send(data: string | Uint8Array): void {
-    if (this.ws.readyState !== OPEN) return;
-    if (this.frames.length === 0 && pending.push(this) === 1) setImmediate(flushAll);
-    this.frames.push(data);
+  send(frames: readonly (string | Uint8Array)[]): void {
+    if (this.ws.readyState === OPEN && !this.raw.destroyed) this.raw.write(encodeFrames(frames, lengths));
   }
 
   close(code: number, reason: string): void {
-    // NO_U_TBH (or GO_AWAY) is queued just before; it must leave before the close frame.
-    this.flush();
     this.ws.close(code, reason);
   }
 
-  flush(): void {
-    const frames = this.frames;
-    if (frames.length === 0) return;
-    if (this.ws.readyState === OPEN && !this.raw.destroyed) this.raw.write(encodeFrames(frames, this.lengths));
-    frames.length = 0;
+  /** Bytes written to the TCP socket that Node has not yet handed to the OS. */
+  buffered(): number {
+    return this.raw.writableLength;
+  }
+
+  terminate(): void {
+    this.ws.terminate();
   }
 }

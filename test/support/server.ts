@@ -32,8 +32,9 @@ const bin = (name: string) => `${root}node_modules/.bin/${name}`;
 const commands: Record<Runtime, string[]> = {
   // Node 20 runs TypeScript through tsx's loader in-process, so signals (even SIGKILL) reach the server itself.
   node: [process.execPath, '--import', 'tsx', 'adapters/node.ts'],
-  // The same permissions as `npm run start:deno`; DENO_DIR is set below.
-  deno: [bin('deno'), 'run', '--allow-net', '--allow-env', '--cached-only', 'adapters/deno.ts'],
+  // The same permissions as `npm run start:deno` (systemMemoryInfo sizes the default
+  // NERVE_MAX_MEMORY); DENO_DIR is set below.
+  deno: [bin('deno'), 'run', '--allow-net', '--allow-env', '--allow-sys=systemMemoryInfo', '--cached-only', 'adapters/deno.ts'],
   bun: [bin('bun'), 'run', 'adapters/bun.ts'],
   // workerd through wrangler dev, as `npm run start:cloudflare`; bundle, port, vars and storage are added below.
   cloudflare: [bin('wrangler'), 'dev', '--ip', '127.0.0.1', '--show-interactive-dev-session=false'],
