@@ -10,7 +10,7 @@ import {
   type Compression,
   type Format,
 } from '../core/protocol.ts';
-import { createCodec, type Codec, type Frame } from './codec.ts';
+import { jsonCodec, loadCodec, type Codec, type Frame } from './codec.ts';
 import { FATAL_CLOSE_CODES, NerveError } from './errors.ts';
 import type {
   ConnectionState,
@@ -20,6 +20,7 @@ import type {
   NerveClientOptions,
   NerveMessage,
   ReplyData,
+  Reply,
   RequestOptions,
   Sender,
   ServerEvents,
@@ -34,15 +35,25 @@ import type {
 type Timer = ReturnType<typeof setTimeout>;
 
 interface PendingRequest {
-  resolve(data: unknown): void;
+  /** request() settles on the first reply; requestAll() collects every reply here. */
+  readonly replies: Reply[] | undefined;
+  /** requestAll(): how many replies can come, once the ACK (and any NERVE_UNDELIVERABLE) said so. */
+  expected: number | undefined;
+  /** A request to this very client arrives here first as the request itself, then as the reply. */
+  readonly toSelf: boolean;
+  resolve(value: unknown): void;
   reject(error: NerveError): void;
   timer: Timer;
 }
 
 const OPEN = 1;
 const MAX_NAME = 128;
-/** Nonces of settled requests kept so late replies (mode all) are not mistaken for new events. */
-const SETTLED_NONCES_KEPT = 1024;
+/**
+ * Requests this client recently answered, by sender and nonce. A reply that
+ * outlives its requester reaches the requester's next instance as an ordinary
+ * event; answering each request once keeps two such handlers from bouncing it forever.
+ */
+const ANSWERED_KEPT = 1024;
 /** How long close() waits for the server to answer our close frame. */
 const CLOSE_GRACE_MS = 2_000;
 
@@ -61,7 +72,8 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
   readonly #password: string;
   readonly #url: string;
   readonly #WebSocket: WebSocketConstructor;
-  readonly #codec: Codec;
+  /** Set once the wire format's codec has loaded; plain JSON has it from the start. */
+  #codec: Codec | undefined;
   readonly #reconnectDelay: number;
   readonly #maxReconnectDelay: number;
   readonly #handshakeTimeout: number;
@@ -90,9 +102,14 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
 
   #outbox: Frame[] = [];
   #pending = new Map<string, PendingRequest>();
-  #settled = new Set<string>();
-  #noncePrefix = Math.random().toString(36).slice(2, 10);
+  /**
+   * Every request nonce starts with this, so any nonce that does not is one
+   * this client only replied with, and a late reply to one of ours is known
+   * without keeping a list of settled requests.
+   */
+  readonly #noncePrefix = `${randomId()}-`;
   #nonceCounter = 0;
+  #answered = new Set<string>();
 
   #handlers = new Map<string, Set<AnyHandler>>();
   #stateHandlers = new Set<StateHandler>();
@@ -107,6 +124,8 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     this.#password = options.password;
     this.format = options.format ?? 'json';
     this.compression = options.compression ?? 'none';
+    if (this.format !== 'json' && this.format !== 'msgpack') throw new NerveError('INVALID', 'format must be "json" or "msgpack"');
+    if (this.compression !== 'none' && this.compression !== 'zlib') throw new NerveError('INVALID', 'compression must be "none" or "zlib"');
     this.#metadata = merge({}, options.metadata ?? {});
 
     const url = new URL(options.url);
@@ -119,7 +138,7 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
       throw new TypeError('NerveClient: no global WebSocket here; pass one, e.g. { WebSocket } from the "ws" package');
     }
     this.#WebSocket = WebSocketImpl;
-    this.#codec = createCodec(this.format, this.compression);
+    this.#codec = this.format === 'json' && this.compression === 'none' ? jsonCodec : undefined;
     this.#reconnectDelay = options.reconnectDelay ?? 250;
     this.#maxReconnectDelay = options.maxReconnectDelay ?? 10_000;
     this.#handshakeTimeout = options.handshakeTimeout ?? 10_000;
@@ -195,22 +214,66 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     this.#send(this.#dispatchFrame(event, data, to));
   }
 
-  /** Dispatches with a fresh nonce and resolves with the `d` of the first reply carrying it. */
+  /**
+   * Dispatches with a fresh nonce and resolves with the `d` of the first reply
+   * carrying it, whatever the mode: later replies are dropped. To hear from
+   * every recipient, use requestAll().
+   */
   request<E extends EventName<Events>>(
     event: E,
     data: Events[E],
     to: Target,
     options: RequestOptions = {},
   ): Promise<ReplyData<Replies, E>> {
-    const nonce = `${this.#noncePrefix}-${(this.#nonceCounter++).toString(36)}`;
+    return this.#request(event, data, to, options.timeout, false) as Promise<ReplyData<Replies, E>>;
+  }
+
+  /**
+   * Dispatches to every matching client (mode all) and resolves with one
+   * `{ from, data }` per reply, in arrival order: as soon as every recipient
+   * the hub counted in its ACK has answered, or when the timeout passes, with
+   * the replies so far. No match resolves with `[]` at once.
+   */
+  requestAll<E extends EventName<Events>>(
+    event: E,
+    data: Events[E],
+    to: Omit<Target, 'mode' | 'key'>,
+    options: RequestOptions = {},
+  ): Promise<Reply<ReplyData<Replies, E>>[]> {
+    if ((to as Target)?.key !== undefined) throw new NerveError('INVALID', 'requestAll() reaches every match: to.key does not apply');
+    return this.#request(event, data, { ...to, mode: 'all' }, options.timeout, true) as Promise<Reply<ReplyData<Replies, E>>[]>;
+  }
+
+  /**
+   * Answers a request: dispatches to its sender with the same event name and
+   * nonce. Returns false, sending nothing, when the message asked for no reply
+   * (no nonce), its sender cannot be addressed (HTTP dispatches), or this
+   * client already answered it.
+   */
+  reply<E extends EventName<Events>>(message: NerveMessage<E, Events[E]>, data: ReplyData<Replies, E>): boolean {
+    const nonce = message.nonce;
+    const from = message.from;
+    if (nonce === undefined || from?.client_id === undefined) return false;
+    const answered = `${from.app_name}\n${from.client_id}\n${nonce}`;
+    if (this.#answered.has(answered)) return false;
+    this.#send(this.#dispatchFrame(message.e, data, { app_name: from.app_name, client_id: from.client_id }, nonce));
+    this.#answered.add(answered);
+    if (this.#answered.size > ANSWERED_KEPT) this.#answered.delete(this.#answered.values().next().value!);
+    return true;
+  }
+
+  #request(event: string, data: unknown, to: Target, timeout = this.#requestTimeout, all: boolean): Promise<unknown> {
+    const nonce = this.#noncePrefix + (this.#nonceCounter++).toString(36);
     const frame = this.#dispatchFrame(event, data, to, nonce);
-    const timeout = options.timeout ?? this.#requestTimeout;
-    return new Promise<ReplyData<Replies, E>>((resolve, reject) => {
+    return new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => {
+        const pending = this.#pending.get(nonce);
         this.#settle(nonce);
-        reject(new NerveError('TIMEOUT', `no reply to ${event} within ${timeout} ms`));
+        if (pending?.replies) resolve(pending.replies);
+        else reject(new NerveError('TIMEOUT', `no reply to ${event} within ${timeout} ms`));
       }, timeout);
-      this.#pending.set(nonce, { resolve: resolve as (data: unknown) => void, reject, timer });
+      const toSelf = to.client_id === this.clientId && to.app_name === this.appName;
+      this.#pending.set(nonce, { replies: all ? [] : undefined, expected: undefined, toSelf, resolve, reject, timer });
       try {
         this.#send(frame);
       } catch (error) {
@@ -218,18 +281,6 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
         reject(error);
       }
     });
-  }
-
-  /**
-   * Answers a request: dispatches to its sender with the same event name and
-   * nonce. Returns false, sending nothing, when the message asked for no reply
-   * (no nonce) or its sender cannot be addressed (HTTP dispatches).
-   */
-  reply<E extends EventName<Events>>(message: NerveMessage<E, Events[E]>, data: ReplyData<Replies, E>): boolean {
-    if (message.nonce === undefined || message.from?.client_id === undefined) return false;
-    const to = { app_name: message.from.app_name, client_id: message.from.client_id };
-    this.#send(this.#dispatchFrame(message.e, data, to, message.nonce));
-    return true;
   }
 
   /** Shallow-merges `patch` into this client's metadata; a `null` value removes the key. */
@@ -255,6 +306,7 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
 
   #open(): void {
     this.#reconnectTimer = undefined;
+    if (!this.#codec) return this.#loadCodecThenOpen();
     let socket: WebSocketLike;
     try {
       socket = new this.#WebSocket(this.#url);
@@ -277,10 +329,21 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     this.#handshakeTimer = setTimeout(() => this.#drop('no WELCOME in time'), this.#handshakeTimeout);
   }
 
+  #loadCodecThenOpen(): void {
+    loadCodec(this.format, this.compression).then(
+      (codec) => {
+        this.#codec = codec;
+        if (this.#state !== 'closed') this.#open();
+      },
+      // A chunk that failed to download can load on the next attempt; connectTimeout bounds the wait.
+      (error: unknown) => this.#lost(undefined, `could not load the ${this.format}/${this.compression} codec: ${String(error)}`),
+    );
+  }
+
   #onFrame(data: unknown): void {
     let frame: Frame;
     try {
-      frame = this.#codec.decode(data);
+      frame = this.#codec!.decode(data);
     } catch {
       return; // not ours to answer: the server never sends garbage on purpose
     }
@@ -314,7 +377,7 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
         // No ACK since the last beat: the connection is a zombie even if the socket looks open.
         if (this.#awaitingAck) return this.#drop('heartbeat not acknowledged');
         this.#awaitingAck = true;
-        this.#socket?.send(this.#codec.heartbeat);
+        this.#socket?.send(this.#codec!.heartbeat);
       }, interval);
     }
     const identify: Record<string, unknown> = {
@@ -327,7 +390,7 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
       identify.reconnect = true;
       identify.seq = this.#lastSeq;
     }
-    this.#socket?.send(this.#codec.encode({ op: Op.IDENTIFY, d: identify }));
+    this.#socket?.send(this.#codec!.encode({ op: Op.IDENTIFY, d: identify }));
   }
 
   #onWelcome(): void {
@@ -339,7 +402,7 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     this.#state = 'ready';
     const outbox = this.#outbox;
     this.#outbox = [];
-    for (const frame of outbox) this.#socket!.send(this.#codec.encode(frame));
+    for (const frame of outbox) this.#socket!.send(this.#codec!.encode(frame));
     this.#emitState('ready', { worker: this.#worker });
     const waiters = this.#connectWaiters;
     this.#connectWaiters = [];
@@ -440,6 +503,9 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     const nonce = typeof frame.nonce === 'string' ? frame.nonce : undefined;
 
     if (e.startsWith(RESERVED_EVENT_PREFIX)) {
+      // The hub acknowledges every dispatch with a nonce, our replies included;
+      // only what concerns our own requests is the application's business.
+      if (nonce !== undefined && !nonce.startsWith(this.#noncePrefix)) return;
       if (nonce !== undefined) this.#onServerEvent(e, frame.d, nonce);
       const message: ServerMessage = { e, d: frame.d, ...(nonce !== undefined && { nonce }) };
       this.#emit(e, frame.d, message);
@@ -456,38 +522,61 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
       this.#lastSeq = s;
     }
 
-    if (nonce !== undefined) {
+    const from = frame.from as Sender;
+    if (nonce !== undefined && nonce.startsWith(this.#noncePrefix)) {
       const pending = this.#pending.get(nonce);
-      if (pending) {
-        this.#settle(nonce);
-        pending.resolve(frame.d ?? null);
-        return;
-      }
-      // A second reply to a request already answered (mode all): not a new event.
-      if (this.#settled.has(nonce)) return;
+      const isRequestItself = pending?.toSelf === true && !this.#answered.has(`${this.appName}\n${this.clientId}\n${nonce}`);
+      // Otherwise a reply to one of our requests, or a late one after it settled: never a new event.
+      if (!isRequestItself) return pending && this.#onReply(nonce, pending, frame.d ?? null, from);
     }
 
     const message: NerveMessage = {
       e,
       d: frame.d ?? null,
-      from: frame.from as Sender,
+      from,
       s: s as number,
       ...(nonce !== undefined && { nonce }),
     };
     this.#emit(e, message.d, message);
   }
 
+  #onReply(nonce: string, pending: PendingRequest, data: unknown, from: Sender): void {
+    if (!pending.replies) {
+      this.#settle(nonce);
+      return pending.resolve(data);
+    }
+    pending.replies.push({ from, data });
+    this.#settleIfComplete(nonce, pending);
+  }
+
+  #settleIfComplete(nonce: string, pending: PendingRequest): void {
+    if (pending.expected === undefined || pending.replies!.length < pending.expected) return;
+    this.#settle(nonce);
+    pending.resolve(pending.replies);
+  }
+
   #onServerEvent(e: string, d: unknown, nonce: string): void {
     const pending = this.#pending.get(nonce);
     if (!pending) return;
     if (e === UNDELIVERABLE_EVENT) {
+      if (pending.replies) {
+        // A held requestAll() (to a client_id) that expired: one reply fewer to wait for.
+        if (pending.expected !== undefined) pending.expected -= 1;
+        return this.#settleIfComplete(nonce, pending);
+      }
       this.#settle(nonce);
       const reason = (d as { reason?: unknown } | null)?.reason;
       pending.reject(new NerveError('UNDELIVERABLE', `undeliverable: ${String(reason)}`, d));
     } else if (e === ACK_EVENT) {
       const ack = d as { delivered?: unknown; queued?: unknown } | null;
+      const delivered = typeof ack?.delivered === 'number' ? ack.delivered : 0;
+      const queued = typeof ack?.queued === 'number' ? ack.queued : 0;
+      if (pending.replies) {
+        pending.expected = delivered + queued;
+        return this.#settleIfComplete(nonce, pending);
+      }
       // Nobody got it and nothing holds it (mode all with no match): no reply can ever come.
-      if (ack?.delivered === 0 && ack.queued === 0) {
+      if (delivered === 0 && queued === 0) {
         this.#settle(nonce);
         pending.reject(new NerveError('UNDELIVERABLE', 'undeliverable: no client matched', d));
       }
@@ -533,7 +622,7 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     if (this.#state === 'closed') throw new NerveError('CLOSED', 'the client is closed');
     const socket = this.#socket;
     if (this.#state === 'ready' && socket && socket.readyState === OPEN) {
-      socket.send(this.#codec.encode(frame));
+      socket.send(this.#codec!.encode(frame));
       return;
     }
     if (this.#outbox.length >= this.#maxBuffered) {
@@ -543,13 +632,8 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
   }
 
   #settle(nonce: string): void {
-    const pending = this.#pending.get(nonce);
-    if (pending) clearTimeout(pending.timer);
+    clearTimeout(this.#pending.get(nonce)?.timer);
     this.#pending.delete(nonce);
-    this.#settled.add(nonce);
-    if (this.#settled.size > SETTLED_NONCES_KEPT) {
-      this.#settled.delete(this.#settled.values().next().value!);
-    }
   }
 
   #emitState(state: ConnectionState, info: StateInfo): void {
@@ -561,6 +645,11 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
       }
     }
   }
+}
+
+/** 10 base-36 characters: unique enough that two clients never share a nonce prefix. */
+function randomId(): string {
+  return (Math.random().toString(36).slice(2, 7) + Math.random().toString(36).slice(2, 7)).padEnd(10, '0');
 }
 
 function checkName(field: string, value: unknown): void {

@@ -1,7 +1,7 @@
 // Frame encoding for the client side of each wire format: JSON text, msgpack,
-// and either one deflated per frame with zlib. Mirrors what the server accepts.
+// and either one deflated per frame with zlib. Plain JSON needs no library; the
+// msgpack and zlib codecs are loaded with import() only by a connection that uses them.
 
-import { decodeFrame, encodeFrame } from '../core/codec.ts';
 import { HEARTBEAT_FRAME, type Compression, type Format } from '../core/protocol.ts';
 
 export interface Frame {
@@ -25,6 +25,19 @@ export interface Codec {
   readonly heartbeat: Encoded;
 }
 
+/** One layer of the wire: values to bytes (msgpack) or bytes to bytes (zlib). */
+interface ByteCodec {
+  encode(value: Uint8Array): Uint8Array;
+  decode(bytes: Uint8Array): Uint8Array;
+}
+interface ValueCodec {
+  encode(value: unknown): Uint8Array;
+  decode(bytes: Uint8Array): unknown;
+}
+
+const utf8Encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder();
+
 function toBytes(data: unknown): Uint8Array {
   if (data instanceof Uint8Array) return data;
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
@@ -32,20 +45,60 @@ function toBytes(data: unknown): Uint8Array {
   throw new Error('unsupported frame data type');
 }
 
-/** The server's own codecs: both sides of the wire encode alike by construction. */
-export function createCodec(format: Format, compression: Compression): Codec {
-  const wire = { format, compression };
-  const encode = (frame: Frame): Encoded => encodeFrame(frame, wire) as Encoded;
+function checkFrame(value: unknown): Frame {
+  if (typeof value !== 'object' || value === null || !Number.isInteger((value as Frame).op)) {
+    throw new Error('frame is not an object with an integer op');
+  }
+  return value as Frame;
+}
 
-  const decode = (data: unknown): Frame => {
-    // Frames from the server are trusted in size; the server bounds what it sends.
-    const value = decodeFrame(typeof data === 'string' ? data : toBytes(data), wire, Infinity);
-    if (typeof value !== 'object' || value === null || !Number.isInteger((value as Frame).op)) {
-      throw new Error('frame is not an object with an integer op');
-    }
-    return value as Frame;
+/** JSON in text frames: what every connection speaks unless it asks for more. */
+export const jsonCodec: Codec = {
+  encode: (frame) => JSON.stringify(frame),
+  // A JSON connection may also receive JSON in binary frames (protocol.md §1).
+  decode: (data) => checkFrame(JSON.parse(typeof data === 'string' ? data : utf8Decoder.decode(toBytes(data)))),
+  heartbeat: HEARTBEAT_FRAME,
+};
+
+const jsonBytes: ValueCodec = {
+  encode: (value) => utf8Encoder.encode(JSON.stringify(value)),
+  decode: (bytes) => JSON.parse(utf8Decoder.decode(bytes)),
+};
+
+/** Frames from the server are not size-checked here: the server bounds what it sends. */
+async function loadMsgpack(): Promise<ValueCodec> {
+  const { decodeFrame, encodeFrame } = await import('../core/codec.ts');
+  const wire = { format: 'msgpack', compression: 'none' } as const;
+  return {
+    encode: (value) => encodeFrame(value as object, wire) as Uint8Array,
+    decode: (bytes) => decodeFrame(bytes, wire, Infinity),
   };
+}
 
-  const heartbeat = format === 'json' && compression === 'none' ? HEARTBEAT_FRAME : encode({ op: 3 });
-  return { encode, decode, heartbeat };
+async function loadZlib(): Promise<ByteCodec> {
+  const { unzlibSync, zlibSync } = await import('fflate');
+  return { encode: (bytes) => zlibSync(bytes), decode: (bytes) => unzlibSync(bytes) };
+}
+
+/**
+ * The codec for one wire format. Plain JSON is ready at once; anything else
+ * loads its libraries first, so a JSON-only bundle never contains them.
+ */
+export async function loadCodec(format: Format, compression: Compression): Promise<Codec> {
+  if (format === 'json' && compression === 'none') return jsonCodec;
+  const [values, deflate] = await Promise.all([
+    format === 'msgpack' ? loadMsgpack() : jsonBytes,
+    compression === 'zlib' ? loadZlib() : undefined,
+  ]);
+  const encode = (frame: Frame): Encoded => {
+    const bytes = values.encode(frame);
+    return (deflate ? deflate.encode(bytes) : bytes) as Uint8Array<ArrayBuffer>;
+  };
+  const decode = (data: unknown): Frame => {
+    // Binary-only wire formats: a text frame here is a server bug, not something to guess at.
+    if (typeof data === 'string') throw new Error('text frame on a binary connection');
+    const bytes = toBytes(data);
+    return checkFrame(values.decode(deflate ? deflate.decode(bytes) : bytes));
+  };
+  return { encode, decode, heartbeat: encode({ op: 3 }) };
 }

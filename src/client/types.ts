@@ -70,6 +70,12 @@ export interface NerveMessage<E extends string = string, D = unknown> {
   s: number;
 }
 
+/** One answer to requestAll(): who replied, and the `d` of its reply. */
+export interface Reply<D = unknown> {
+  from: Sender;
+  data: D;
+}
+
 /** An event the server itself sends (`NERVE_*`): no sender, no sequence number. */
 export interface ServerMessage<E extends string = string, D = unknown> {
   e: E;

@@ -73,6 +73,30 @@ describe.each(RUNTIMES)('client SDK against a %s server', (runtime) => {
     expect(seen).toEqual([{ app_name: 'gateway', client_id: 'gw-rr' }]);
   });
 
+  it('gathers one reply per matching client with requestAll(), and repliers never see the hub\'s ACK for their replies', async () => {
+    const api = await connected('api', 'api-all');
+    const gateways = await Promise.all(
+      ['eu-1', 'eu-2', 'us-1'].map((id) => connected('gateway', `gw-all-${id}`, { metadata: { region: id.slice(0, 2) } })),
+    );
+    const acksAtRepliers = gateways.map((gateway) => collect(gateway, 'NERVE_ACK'));
+    for (const gateway of gateways) {
+      gateway.on('WHO_IS_THERE', (data, message) => gateway.reply(message, gateway.clientId));
+    }
+    const acksAtApi = collect(api, 'NERVE_ACK');
+
+    const replies = await api.requestAll('WHO_IS_THERE', null, { app_name: 'gateway', query: { region: 'eu' } }, { timeout: 5_000 });
+    expect(replies.map((reply) => reply.data).sort()).toEqual(['gw-all-eu-1', 'gw-all-eu-2']);
+    expect(replies.map((reply) => reply.from.client_id).sort()).toEqual(['gw-all-eu-1', 'gw-all-eu-2']);
+    expect(await acksAtApi.until(1)).toEqual([{ delivered: 2, queued: 0 }]);
+    expect(await api.requestAll('WHO_IS_THERE', null, { app_name: 'gateway', query: { region: 'mars' } })).toEqual([]);
+
+    // request() to mode all takes the first answer; the hub has long ACKed every reply by the time this one returns.
+    const first = await api.request('WHO_IS_THERE', null, { app_name: 'gateway', mode: 'all' }, { timeout: 5_000 });
+    expect(['gw-all-eu-1', 'gw-all-eu-2', 'gw-all-us-1']).toContain(first);
+    await api.request('WHO_IS_THERE', null, { app_name: 'gateway', client_id: 'gw-all-us-1' }, { timeout: 5_000 });
+    expect(acksAtRepliers.map((acks) => acks.received)).toEqual([[], [], []]);
+  });
+
   it('keeps every wire format connected across heartbeat intervals', async () => {
     const wires = [{}, { compression: 'zlib' }, { format: 'msgpack' }, { format: 'msgpack', compression: 'zlib' }];
     const clients = await Promise.all(wires.map((wire, i) => connected('gateway', `gw-beat-${i}`, wire)));

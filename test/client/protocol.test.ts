@@ -213,7 +213,141 @@ describe('client protocol', () => {
     expect(await events.until(1)).toEqual([{ id: '7' }]);
   });
 
-  it('surfaces NO_U_TBH + a fatal close code as a typed error and does not retry', async () => {
+  it('collects every reply to requestAll() until the ACK count is reached, and drops later ones', async () => {
+    const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw' });
+    const events = collect(client, 'WHO_HAS');
+    const { connection } = await connectClient(client);
+
+    const answers = client.requestAll('WHO_HAS', { user: '42' }, { app_name: 'api', query: { region: 'eu' } });
+    const { frame } = await connection.next(8);
+    expect(frame.to).toEqual({ app_name: 'api', query: { region: 'eu' }, mode: 'all' });
+    connection.send({ op: 8, e: 'NERVE_ACK', nonce: frame.nonce, d: { delivered: 2, queued: 0 } });
+    connection.send({ op: 8, e: 'WHO_HAS', d: 'no', from: { app_name: 'api', client_id: 'api-1' }, nonce: frame.nonce, s: 1 });
+    connection.send({ op: 8, e: 'WHO_HAS', d: 'yes', from: { app_name: 'api', client_id: 'api-2' }, nonce: frame.nonce, s: 2 });
+    connection.send({ op: 8, e: 'WHO_HAS', d: 'late', from: { app_name: 'api', client_id: 'api-3' }, nonce: frame.nonce, s: 3 });
+    connection.dispatch('WHO_HAS', 'a real request', 4, 'their-nonce');
+    expect(await answers).toEqual([
+      { from: { app_name: 'api', client_id: 'api-1' }, data: 'no' },
+      { from: { app_name: 'api', client_id: 'api-2' }, data: 'yes' },
+    ]);
+    expect(await events.until(1)).toEqual(['a real request']);
+  });
+
+  it('resolves requestAll() with the replies so far on timeout, and with [] when nobody matched', async () => {
+    const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw' });
+    const { connection } = await connectClient(client);
+
+    const partial = client.requestAll('WHO_HAS', null, { app_name: 'api' }, { timeout: 100 });
+    const asked = await connection.next(8);
+    connection.send({ op: 8, e: 'NERVE_ACK', nonce: asked.frame.nonce, d: { delivered: 3, queued: 0 } });
+    connection.dispatch('WHO_HAS', 'only me', 1, asked.frame.nonce);
+    expect(await partial).toEqual([{ from: { app_name: 'api', client_id: 'api-1' }, data: 'only me' }]);
+
+    const nobody = client.requestAll('WHO_HAS', null, { app_name: 'api' }, { timeout: 10_000 });
+    const unheard = await connection.next(8);
+    connection.send({ op: 8, e: 'NERVE_ACK', nonce: unheard.frame.nonce, d: { delivered: 0, queued: 0 } });
+    expect(await nobody).toEqual([]);
+    expect(() => client.requestAll('A', 1, { app_name: 'api', key: 'k' } as never)).toThrow(
+      expect.objectContaining({ code: 'INVALID' }),
+    );
+  });
+
+  it('replies with the request\'s event name and nonce, once, and keeps the hub\'s answers to its replies to itself', async () => {
+    const client = makeClient({ url, appName: 'api', clientId: 'api-1', password: 'pw' });
+    const acks = collect(client, 'NERVE_ACK');
+    const undeliverable = collect(client, 'NERVE_UNDELIVERABLE');
+    const replied: boolean[] = [];
+    client.on('USER_GET', (data, message) => {
+      replied.push(client.reply(message, { name: 'Ada' }));
+      replied.push(client.reply(message, { name: 'twice' }));
+    });
+    const { connection } = await connectClient(client);
+
+    connection.send({ op: 8, e: 'USER_GET', d: { id: '42' }, from: { app_name: 'gateway', client_id: 'gw-1' }, nonce: 'q-1', s: 1 });
+    const reply = await connection.next(8);
+    expect(reply.frame).toEqual({ op: 8, e: 'USER_GET', d: { name: 'Ada' }, to: { app_name: 'gateway', client_id: 'gw-1' }, nonce: 'q-1' });
+    expect(replied).toEqual([true, false]);
+    // What the hub says about a reply: its ACK, and NERVE_UNDELIVERABLE if the requester is gone for good.
+    connection.send({ op: 8, e: 'NERVE_ACK', nonce: 'q-1', d: { delivered: 0, queued: 1 } });
+    connection.send({ op: 8, e: 'NERVE_UNDELIVERABLE', nonce: 'q-1', d: { reason: 'gone', e: 'USER_GET' } });
+
+    // Our own request's ACK still reaches NERVE_ACK handlers, after the ones above would have.
+    const own = client.request('PING', null, { app_name: 'gateway' });
+    const sent = await connection.next(8);
+    connection.send({ op: 8, e: 'NERVE_ACK', nonce: sent.frame.nonce, d: { delivered: 1, queued: 0 } });
+    expect(await acks.until(1)).toEqual([{ delivered: 1, queued: 0 }]);
+    expect(undeliverable.received).toEqual([]);
+    connection.dispatch('PING', 'pong', 2, sent.frame.nonce);
+    expect(await own).toBe('pong');
+  });
+
+  it('hands a request addressed to its own client_id to its handler, then resolves with the reply', async () => {
+    const client = makeClient({ url, appName: 'api', clientId: 'api-1', password: 'pw' });
+    client.on('ECHO', (data, message) => client.reply(message, { echoed: data }));
+    const { connection } = await connectClient(client);
+
+    const answer = client.request('ECHO', 'hi', { app_name: 'api', client_id: 'api-1' });
+    const request = await connection.next(8);
+    const self = { app_name: 'api', client_id: 'api-1' };
+    connection.send({ op: 8, e: 'ECHO', d: 'hi', from: self, nonce: request.frame.nonce, s: 1 });
+    const reply = await connection.next(8);
+    expect(reply.frame).toMatchObject({ e: 'ECHO', d: { echoed: 'hi' }, nonce: request.frame.nonce });
+    connection.send({ op: 8, e: 'ECHO', d: reply.frame.d, from: self, nonce: request.frame.nonce, s: 2 });
+    expect(await answer).toEqual({ echoed: 'hi' });
+  });
+
+  it('reconnects and resumes from the last s after 4507 (slow consumer)', async () => {
+    const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw' });
+    const events = collect<number>(client, 'TICK');
+    const { connection } = await connectClient(client);
+    connection.dispatch('TICK', 1, 1);
+    connection.dispatch('TICK', 2, 2);
+    await events.until(2);
+
+    const reconnecting = nextState(client, 'reconnecting');
+    const second = nextConnection();
+    connection.socket.close(4507, 'slow consumer: 1048576 bytes unsent');
+    expect(await reconnecting).toMatchObject({ code: 4507, attempt: 1 });
+    const resumed = await second;
+    expect(await resumed.handshake()).toMatchObject({ reconnect: true, seq: 2 });
+    resumed.dispatch('TICK', 3, 3);
+    expect(await events.until(3)).toEqual([1, 2, 3]);
+  });
+
+  it('retries 4503 (hub at capacity) with a growing backoff until it is let in', async () => {
+    const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw', reconnectDelay: 40, maxReconnectDelay: 1_000 });
+    const retries: { attempt?: number; delay?: number; code?: number }[] = [];
+    client.onState((state, info) => {
+      if (state === 'connecting' && info.code !== undefined) retries.push(info);
+    });
+    const ready = client.connect();
+    for (let refused = 0; refused < 3; refused++) {
+      const connection = await nextConnection();
+      connection.send({ op: 6, d: 'hub at capacity' });
+      connection.socket.close(4503, 'hub at capacity');
+    }
+    const admitted = await nextConnection();
+    await admitted.handshake();
+    await ready;
+    expect(client.state).toBe('ready');
+    expect(retries.map(({ attempt, code }) => ({ attempt, code }))).toEqual([
+      { attempt: 1, code: 4503 },
+      { attempt: 2, code: 4503 },
+      { attempt: 3, code: 4503 },
+    ]);
+    // The ceiling doubles (40, 80, 160 ms) and jitter keeps each delay in its upper half.
+    retries.forEach(({ delay }, i) => {
+      expect(delay).toBeGreaterThanOrEqual(20 * 2 ** i);
+      expect(delay).toBeLessThanOrEqual(40 * 2 ** i);
+    });
+  });
+
+  it.each([
+    [4400, 'IDENTIFY: app_name must be a non-empty string'],
+    [4401, 'IDENTIFY: wrong password'],
+    [4403, 'IDENTIFY: already identified'],
+    [4409, 'IDENTIFY: gateway/gw-1 is already connected'],
+  ])('surfaces NO_U_TBH + fatal close code %i as a typed error and does not retry', async (code, reason) => {
     const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'wrong' });
     const first = nextConnection();
     const ready = client.connect();
@@ -221,12 +355,12 @@ describe('client protocol', () => {
     const connection = await first;
     connection.send({ op: 0, d: { heartbeat_interval: 60_000, worker: 'nerve-abc123' } });
     await connection.next(1);
-    connection.send({ op: 6, d: 'IDENTIFY: wrong password' });
-    connection.socket.close(4401, 'IDENTIFY: wrong password');
+    connection.send({ op: 6, d: reason });
+    connection.socket.close(code, reason);
 
-    await expect(ready).rejects.toMatchObject({ name: 'NerveError', code: 4401 });
-    await expect(ready).rejects.toThrow(/wrong password/);
-    expect((await closed).error?.code).toBe(4401);
+    await expect(ready).rejects.toMatchObject({ name: 'NerveError', code });
+    await expect(ready).rejects.toThrow(reason);
+    expect((await closed).error?.code).toBe(code);
     expect(client.state).toBe('closed');
     expect(connections).toHaveLength(1);
     expect(() => client.dispatch('A', 1, { app_name: 'api' })).toThrow(expect.objectContaining({ code: 'CLOSED' }));
