@@ -3,7 +3,7 @@
 // compiled against its own runtime's types, which cannot share one program.
 
 import { spawnSync } from 'node:child_process';
-import { chmodSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -34,14 +34,19 @@ function rewriteDeclarationImports(dir: string): number {
 }
 
 const started = performance.now();
-rmSync(dist, { recursive: true, force: true });
+// Built beside dist/ and swapped in at the end, so a pack running meanwhile sees the old tree or the new one, never half of one.
+const staging = join(root, `dist.${process.pid}.tmp`);
+rmSync(staging, { recursive: true, force: true });
 for (const program of PROGRAMS) {
-  const result = spawnSync(join(root, 'node_modules/.bin/tsc'), ['-p', program], { cwd: root, stdio: 'inherit' });
+  const result = spawnSync(join(root, 'node_modules/.bin/tsc'), ['-p', program, '--outDir', staging], { cwd: root, stdio: 'inherit' });
   if (result.status !== 0) {
+    rmSync(staging, { recursive: true, force: true });
     console.error(`build: tsc -p ${program} failed`);
     process.exit(1);
   }
 }
-const declarations = rewriteDeclarationImports(dist);
-chmodSync(join(dist, 'src/cli.js'), 0o755);
+const declarations = rewriteDeclarationImports(staging);
+chmodSync(join(staging, 'src/cli.js'), 0o755);
+rmSync(dist, { recursive: true, force: true });
+renameSync(staging, dist);
 console.log(`build: dist/ with ${declarations} declaration files in ${Math.round(performance.now() - started)} ms`);
