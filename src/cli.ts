@@ -45,6 +45,12 @@ const MEANINGS: Readonly<Record<string, { meaning: string; fallback?: string }>>
   NERVE_MAX_MEMORY: { meaning: 'bytes of held events, replay buffers and metadata across the hub', fallback: 'a quarter of the heap limit' },
   NERVE_MAX_CONNECTIONS: { meaning: 'open WebSocket connections' },
   NERVE_MAX_UNIDENTIFIED: { meaning: 'open connections that have not identified yet' },
+  NERVE_AUTH_FAILURES: { meaning: 'failed authentications per address per minute before a minute of 4429', fallback: '20 (0: off)' },
+  NERVE_JWT_SECRET: { meaning: 'HS256 secret (32+ characters) for browser tokens', fallback: 'none: no tokens' },
+  NERVE_JWT_PUBLIC_KEYS: { meaning: 'JWKS document (JSON) for RS256/ES256/EdDSA browser tokens', fallback: 'none: no tokens' },
+  NERVE_JWT_ISSUER: { meaning: 'the `iss` a token must carry', fallback: 'any' },
+  NERVE_JWT_AUDIENCE: { meaning: 'the `aud` a token must carry', fallback: 'any' },
+  NERVE_ALLOWED_ORIGINS: { meaning: 'comma-separated origins browsers may connect from; * for any', fallback: 'any origin' },
 };
 
 /** NERVE_HEARTBEAT_INTERVAL → heartbeatInterval, the HostConfig field it sets. */
