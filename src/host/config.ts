@@ -115,7 +115,7 @@ function allowedOrigins(env: Env): readonly string[] | '*' | undefined {
 }
 
 /** Reads and validates the configuration; throws ConfigError naming the first bad variable. */
-export function loadConfig(env: Env, worker = newWorkerId()): HostConfig {
+export function loadConfig(env: Env, worker: string = newWorkerId()): HostConfig {
   const host = env.NERVE_HOST?.trim() || '127.0.0.1';
   const password = env.NERVE_PASSWORD;
   if (password !== undefined && password.length === 0) throw new ConfigError('NERVE_PASSWORD must not be empty');

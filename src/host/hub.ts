@@ -228,7 +228,7 @@ export class Hub {
     this.arm(undefined);
   }
 
-  health() {
+  health(): { status: 'ok' | 'draining'; worker: string; connections: number; clients: number } {
     return { status: this.draining ? 'draining' : 'ok', worker: this.config.worker, connections: this.state.liveConns, clients: this.state.connectedClients };
   }
 
