@@ -23,6 +23,12 @@ async function httpDispatch(server: RunningServer, body: object): Promise<{ deli
   return (await response.json()) as { delivered: number; queued: number };
 }
 
+/** client_ids the hub lists for an app, connected or waiting to be resumed. */
+async function listedClients(server: RunningServer, appName: string): Promise<string[]> {
+  const response = await fetch(`${server.http}/clients?app_name=${appName}`, { headers: { Authorization: `Bearer ${server.password}` } });
+  return ((await response.json()) as { client_id: string }[]).map((client) => client.client_id);
+}
+
 /**
  * Kills the server like a crash would. `tsx` runs the server in a child node
  * process and cannot forward SIGKILL, so the signal goes to that child.
@@ -192,6 +198,8 @@ describe.each(RUNTIMES)('client SDK against a %s server', (runtime) => {
     await gateway.close();
     expect(await closed).toEqual({ code: 1000 });
     expect(gateway.state).toBe('closed');
+    // The client's close event can come before the hub has handled the same close; /clients shows when it has.
+    await expect.poll(() => listedClients(server, 'gateway'), { timeout: 5_000 }).not.toContain('gw-close');
     const result = await httpDispatch(server, { e: 'TICK', d: 1, to: { app_name: 'gateway', client_id: 'gw-close' } });
     expect(result).toEqual({ delivered: 0, queued: 1 });
   });
