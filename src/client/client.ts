@@ -4,8 +4,10 @@
 
 import {
   ACK_EVENT,
+  Close,
   Op,
   RESERVED_EVENT_PREFIX,
+  SESSION_EVENT,
   UNDELIVERABLE_EVENT,
   type Compression,
   type Format,
@@ -69,7 +71,12 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
   #worker: string | undefined;
   #metadata: Metadata;
 
-  readonly #password: string;
+  readonly #password: string | undefined;
+  readonly #token: NerveClientOptions['token'];
+  /** The credential for the attempt in progress: a token function is asked anew for each. */
+  #credential: { password: string } | { token: string } | undefined;
+  /** A fresh token refused with 4401 since the last WELCOME: the next 4401 is final. */
+  #freshTokenRefused = false;
   readonly #url: string;
   readonly #WebSocket: WebSocketConstructor;
   /** Set once the wire format's codec has loaded; plain JSON has it from the start. */
@@ -90,6 +97,8 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
   /** True until the first sequenced dispatch after a WELCOME has been seen. */
   #firstSinceWelcome = true;
   #failures = 0;
+  /** Numbers connection attempts, so one abandoned while preparing cannot open a socket later. */
+  #attempt = 0;
   #awaitingAck = false;
   #goingAway = false;
   /** The reason from the last NO_U_TBH; the close that follows carries it too, truncated. */
@@ -121,7 +130,11 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     checkName('clientId', options.clientId);
     this.appName = options.appName;
     this.clientId = options.clientId;
+    if ((options.password === undefined) === (options.token === undefined)) {
+      throw new NerveError('INVALID', 'give exactly one of password and token');
+    }
     this.#password = options.password;
+    this.#token = options.token;
     this.format = options.format ?? 'json';
     this.compression = options.compression ?? 'none';
     if (this.format !== 'json' && this.format !== 'msgpack') throw new NerveError('INVALID', 'format must be "json" or "msgpack"');
@@ -304,9 +317,44 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
 
   // ── connection lifecycle ────────────────────────────────────────────────
 
+  /** One connection attempt: what it needs first (the codec, a token), then the socket. */
   #open(): void {
     this.#reconnectTimer = undefined;
-    if (!this.#codec) return this.#loadCodecThenOpen();
+    const attempt = ++this.#attempt;
+    // Covers preparing too: a token fetch that hangs must not stall reconnecting forever.
+    this.#handshakeTimer = setTimeout(() => this.#drop('no WELCOME in time'), this.#handshakeTimeout);
+    if (this.#codec && typeof this.#token !== 'function') {
+      this.#credential = this.#token === undefined ? { password: this.#password! } : { token: this.#token };
+      return this.#openSocket();
+    }
+    void this.#prepareThenOpen(attempt);
+  }
+
+  async #prepareThenOpen(attempt: number): Promise<void> {
+    const stillCurrent = () => attempt === this.#attempt && this.#state !== 'closed';
+    try {
+      this.#codec ??= await loadCodec(this.format, this.compression);
+    } catch (error) {
+      // A chunk that failed to download can load on the next attempt; connectTimeout bounds the wait.
+      if (stillCurrent()) this.#lost(undefined, `could not load the ${this.format}/${this.compression} codec: ${String(error)}`);
+      return;
+    }
+    if (typeof this.#token === 'function') {
+      try {
+        const token = await this.#token();
+        if (typeof token !== 'string' || token === '') throw new TypeError('the token function returned no token');
+        this.#credential = { token };
+      } catch (error) {
+        if (stillCurrent()) this.#lost(undefined, `could not get a token: ${String(error)}`);
+        return;
+      }
+    } else {
+      this.#credential = this.#token === undefined ? { password: this.#password! } : { token: this.#token };
+    }
+    if (stillCurrent()) this.#openSocket();
+  }
+
+  #openSocket(): void {
     let socket: WebSocketLike;
     try {
       socket = new this.#WebSocket(this.#url);
@@ -326,18 +374,6 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     };
     // Without a listener some implementations (ws) throw on 'error'; the close event follows anyway.
     socket.onerror = () => {};
-    this.#handshakeTimer = setTimeout(() => this.#drop('no WELCOME in time'), this.#handshakeTimeout);
-  }
-
-  #loadCodecThenOpen(): void {
-    loadCodec(this.format, this.compression).then(
-      (codec) => {
-        this.#codec = codec;
-        if (this.#state !== 'closed') this.#open();
-      },
-      // A chunk that failed to download can load on the next attempt; connectTimeout bounds the wait.
-      (error: unknown) => this.#lost(undefined, `could not load the ${this.format}/${this.compression} codec: ${String(error)}`),
-    );
   }
 
   #onFrame(data: unknown): void {
@@ -383,7 +419,7 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     const identify: Record<string, unknown> = {
       app_name: this.appName,
       client_id: this.clientId,
-      password: this.#password,
+      ...this.#credential,
       metadata: this.#metadata,
     };
     if (this.#hasSession) {
@@ -399,6 +435,7 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     this.#hasSession = true;
     this.#firstSinceWelcome = true;
     this.#failures = 0;
+    this.#freshTokenRefused = false;
     this.#state = 'ready';
     const outbox = this.#outbox;
     this.#outbox = [];
@@ -412,7 +449,11 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
   /** Our side decided the connection is dead: let it go without waiting for a close handshake. */
   #drop(reason: string): void {
     const socket = this.#socket;
-    if (!socket) return;
+    if (!socket) {
+      // Still preparing (loading a codec, fetching a token): give up on this attempt.
+      this.#attempt++;
+      return this.#lost(undefined, reason);
+    }
     this.#detach(socket);
     const terminate = (socket as { terminate?: () => void }).terminate;
     try {
@@ -438,12 +479,16 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
   /** The current socket is gone (closed by the server, the network, or #drop). */
   #lost(code: number | undefined, reason: string | undefined): void {
     if (this.#socket) this.#detach(this.#socket);
+    clearTimeout(this.#handshakeTimer);
     if (this.#state === 'closed' || this.#state === 'idle') return;
-    if (code !== undefined && FATAL_CLOSE_CODES.has(code)) {
+    const retryWithFreshToken = code === Close.BAD_PASSWORD && typeof this.#token === 'function' && !this.#freshTokenRefused;
+    if (retryWithFreshToken) this.#freshTokenRefused = true;
+    else if (code !== undefined && FATAL_CLOSE_CODES.has(code)) {
       void this.#shutdown(new NerveError(code, `${code}: ${reason || 'refused by the server'}`, reason));
       return;
     }
-    const delay = this.#goingAway ? 0 : this.#backoff(this.#failures);
+    // GO_AWAY: another instance can take us at once. A refusal may name when to come back (4429).
+    const delay = this.#goingAway ? 0 : Math.max(this.#backoff(this.#failures), retryAfter(reason));
     this.#failures += 1;
     this.#state = this.#hasSession ? 'reconnecting' : 'connecting';
     this.#emitState(this.#state, { attempt: this.#failures, delay, code, reason });
@@ -507,6 +552,7 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
       // only what concerns our own requests is the application's business.
       if (nonce !== undefined && !nonce.startsWith(this.#noncePrefix)) return;
       if (nonce !== undefined) this.#onServerEvent(e, frame.d, nonce);
+      else if (e === SESSION_EVENT) this.#onSession(frame.d as ServerEvents['NERVE_SESSION'] | null);
       const message: ServerMessage = { e, d: frame.d, ...(nonce !== undefined && { nonce }) };
       this.#emit(e, frame.d, message);
       return;
@@ -514,8 +560,8 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
 
     const s = frame.s;
     if (typeof s === 'number') {
-      // A resumed session replays only s > seq, so s = 1 first after WELCOME
-      // means the server started a fresh session (restart, GO_AWAY, window over).
+      // For hubs without NERVE_SESSION: a resumed session replays only s > seq,
+      // so s = 1 first after WELCOME means the hub started a fresh session.
       if (this.#firstSinceWelcome && s === 1) this.#lastSeq = 0;
       this.#firstSinceWelcome = false;
       if (s <= this.#lastSeq) return;
@@ -538,6 +584,14 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
       ...(nonce !== undefined && { nonce }),
     };
     this.#emit(e, message.d, message);
+  }
+
+  /** The hub says, right after WELCOME, whether our session survived the reconnect. */
+  #onSession(session: ServerEvents['NERVE_SESSION'] | null): void {
+    if (typeof session?.resumed !== 'boolean') return;
+    // Fresh: its s counts from 1 again. Resumed: only s > seq follows, so the first-s rule has nothing to add.
+    if (!session.resumed) this.#lastSeq = 0;
+    this.#firstSinceWelcome = false;
   }
 
   #onReply(nonce: string, pending: PendingRequest, data: unknown, from: Sender): void {
@@ -650,6 +704,12 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
 /** 10 base-36 characters: unique enough that two clients never share a nonce prefix. */
 function randomId(): string {
   return (Math.random().toString(36).slice(2, 7) + Math.random().toString(36).slice(2, 7)).padEnd(10, '0');
+}
+
+/** ms a refusal's reason asks us to wait ("… retry in 42 s"), or 0. */
+function retryAfter(reason: string | undefined): number {
+  const seconds = reason === undefined ? undefined : /retry in (\d+(?:\.\d+)?) ?s\b/.exec(reason)?.[1];
+  return seconds === undefined ? 0 : Number(seconds) * 1000;
 }
 
 function checkName(field: string, value: unknown): void {

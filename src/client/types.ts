@@ -30,7 +30,14 @@ export interface NerveClientOptions {
   url: string;
   appName: string;
   clientId: string;
-  password: string;
+  /** The hub's shared password, for trusted services. Give this or `token`. */
+  password?: string;
+  /**
+   * A JWT the hub verifies (docs/browsers.md), or a function that fetches one:
+   * a function is called before every connect and reconnect, so short-lived
+   * tokens never go stale, and a 4401 is retried once with a fresh one.
+   */
+  token?: string | (() => string | Promise<string>);
   /** Initial metadata, sent in IDENTIFY; change it later with setMetadata(). */
   metadata?: Metadata;
   /** Wire format, default 'json'. */
@@ -84,10 +91,16 @@ export interface ServerMessage<E extends string = string, D = unknown> {
 }
 
 export interface ServerEvents {
-  /** Sent for every dispatch that carried a nonce. */
+  /** Sent for every dispatch of ours that carried a nonce (requests; the ACKs for our replies stay inside the client). */
   NERVE_ACK: { delivered: number; queued: number };
   /** A held dispatch expired without a recipient. */
   NERVE_UNDELIVERABLE: { reason: string; e: string };
+  /**
+   * Right after every reconnect's WELCOME: whether the session was resumed, its
+   * last `s`, how many dispatches are replayed, and how many after ours were
+   * already gone from the hub's replay buffer (`missed`).
+   */
+  NERVE_SESSION: { resumed: boolean; s: number; replayed: number; missed?: number };
 }
 
 export type ConnectionState = 'idle' | 'connecting' | 'ready' | 'reconnecting' | 'closed';

@@ -4,7 +4,7 @@
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { WebSocketServer, type WebSocket as ServerSocket } from 'ws';
-import { NerveClient, NerveError } from '../../src/client/index.ts';
+import { NerveClient, NerveError, type StateInfo } from '../../src/client/index.ts';
 import { closeAll, collect, makeClient, nextState } from './helpers.ts';
 
 interface Received {
@@ -340,6 +340,88 @@ describe('client protocol', () => {
       expect(delay).toBeGreaterThanOrEqual(20 * 2 ** i);
       expect(delay).toBeLessThanOrEqual(40 * 2 ** i);
     });
+  });
+
+  it('starts counting s again after NERVE_SESSION says the session is fresh, even before any dispatch arrives', async () => {
+    const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw' });
+    const sessions = collect(client, 'NERVE_SESSION');
+    const ticks = collect(client, 'TICK');
+    const { connection } = await connectClient(client);
+    for (const s of [1, 2, 3]) connection.dispatch('TICK', s, s);
+    await ticks.until(3);
+
+    let next = nextConnection();
+    connection.socket.terminate();
+    const fresh = await next;
+    expect(await fresh.handshake()).toMatchObject({ reconnect: true, seq: 3 });
+    fresh.send({ op: 8, e: 'NERVE_SESSION', d: { resumed: false, s: 0, replayed: 0 } });
+    await sessions.until(1);
+
+    // Dropped again before the fresh session sent anything: seq 3 would be ahead of it (4400).
+    next = nextConnection();
+    fresh.socket.terminate();
+    expect(await (await next).handshake()).toMatchObject({ reconnect: true, seq: 0 });
+    expect(sessions.received).toEqual([{ resumed: false, s: 0, replayed: 0 }]);
+  });
+
+  it('waits as long as a refusal\'s reason asks before reconnecting', async () => {
+    const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw' });
+    const retry = new Promise<StateInfo>((resolve) => client.onState((state, info) => info.code !== undefined && resolve(info)));
+    const accepted = nextConnection();
+    void client.connect().catch(() => undefined);
+    const connection = await accepted;
+    connection.send({ op: 0, d: { heartbeat_interval: 60_000, worker: 'nerve-abc123' } });
+    await connection.next(1);
+    connection.send({ op: 6, d: 'IDENTIFY: too many failed authentications from this address; retry in 2 s' });
+    connection.socket.close(4429, 'IDENTIFY: too many failed authentications from this address; retry in 2 s');
+    const info = await retry;
+    expect(info).toMatchObject({ code: 4429, attempt: 1 });
+    expect(info.delay).toBeGreaterThanOrEqual(2_000);
+  });
+
+  it('asks a token function for a fresh token on every attempt, and retries one 4401 with a new token', async () => {
+    let issued = 0;
+    const client = makeClient({ url, appName: 'web', clientId: 'user-42', token: async () => `token-${++issued}` });
+    const { connection, identify } = await connectClient(client);
+    expect(identify).toEqual({ app_name: 'web', client_id: 'user-42', token: 'token-1', metadata: {} });
+
+    // The hub closes a live connection whose token expired; the session stays resumable.
+    let next = nextConnection();
+    connection.send({ op: 6, d: 'token expired' });
+    connection.socket.close(4401, 'token expired');
+    const renewed = await next;
+    expect(await renewed.handshake()).toMatchObject({ token: 'token-2', reconnect: true });
+
+    // A fresh token refused, then another: that is final.
+    const closed = nextState(client, 'closed');
+    next = nextConnection();
+    renewed.socket.close(4401, 'token expired');
+    const refusedOnce = await next;
+    refusedOnce.send({ op: 0, d: { heartbeat_interval: 60_000, worker: 'nerve-abc123' } });
+    expect((await refusedOnce.next(1)).frame.d).toMatchObject({ token: 'token-3' });
+    refusedOnce.socket.close(4401, 'IDENTIFY: the token has expired');
+    expect((await closed).error).toMatchObject({ code: 4401 });
+    expect(issued).toBe(3);
+  });
+
+  it('gives up on an attempt whose token never comes, and asks again', async () => {
+    const calls: number[] = [];
+    const client = makeClient({
+      url,
+      appName: 'web',
+      clientId: 'user-42',
+      handshakeTimeout: 50,
+      token: () => (calls.push(calls.length + 1) === 1 ? new Promise<string>(() => {}) : 'late-but-fresh'),
+    });
+    const { identify } = await connectClient(client);
+    expect(identify.token).toBe('late-but-fresh');
+    expect(calls).toEqual([1, 2]);
+  });
+
+  it('refuses options with both or neither of password and token', () => {
+    const base = { url, appName: 'web', clientId: 'user-42', WebSocket: (() => {}) as never };
+    expect(() => new NerveClient({ ...base })).toThrow(expect.objectContaining({ code: 'INVALID' }));
+    expect(() => new NerveClient({ ...base, password: 'pw', token: 't' })).toThrow(expect.objectContaining({ code: 'INVALID' }));
   });
 
   it.each([

@@ -3,7 +3,7 @@
 
 import { expectTypeOf } from 'vitest';
 import WebSocket from 'ws';
-import { NerveClient, type NerveMessage } from '../../src/client/index.ts';
+import { NerveClient, type NerveMessage, type Reply } from '../../src/client/index.ts';
 
 interface Events {
   USER_GET: { id: string };
@@ -56,6 +56,23 @@ export function typedEvents(): void {
   expectTypeOf(client.request('USER_UPDATED', { id: '42', name: 'Ada' }, api)).resolves.toBeUnknown();
   // @ts-expect-error wrong request payload
   void client.request('USER_GET', { user: '42' }, api);
+
+  // requestAll() gathers one typed reply per recipient, and always reaches every match.
+  expectTypeOf(client.requestAll('USER_GET', { id: '42' }, api)).resolves.toEqualTypeOf<
+    Reply<{ id: string; name: string } | null>[]
+  >();
+  // @ts-expect-error requestAll() is mode all by definition
+  void client.requestAll('USER_GET', { id: '42' }, { ...api, mode: 'one' });
+
+  client.on('NERVE_SESSION', (data) => {
+    expectTypeOf(data.resumed).toEqualTypeOf<boolean>();
+    expectTypeOf(data.missed).toEqualTypeOf<number | undefined>();
+  });
+}
+
+export function credentials(): void {
+  new NerveClient({ url: 'ws://127.0.0.1:6669', appName: 'web', clientId: 'u-1', token: async () => 'jwt', WebSocket });
+  new NerveClient({ url: 'ws://127.0.0.1:6669', appName: 'web', clientId: 'u-1', token: 'jwt', WebSocket });
 }
 
 export function untypedEvents(): void {
