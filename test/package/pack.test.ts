@@ -1,8 +1,8 @@
 // The package as a user gets it: `npm pack` (which builds), installed from the
-// tarball into a scratch project without tsx, then on plain Node: every
-// subpath imports, `npx nerve` serves a NerveClient's request/reply, the
-// client loads no server code, the Worker bundles and runs in workerd, and
-// tsc accepts the declarations under strict flags with both resolutions.
+// tarball into a scratch project without tsx: on plain Node every subpath
+// imports, `npx nerve` serves a NerveClient's request/reply and the client
+// loads no server code; Bun and Deno serve through their factories; the Worker
+// runs in workerd; tsc accepts the declarations under strict flags.
 
 import { build } from 'esbuild';
 import { Miniflare } from 'miniflare';
@@ -168,6 +168,45 @@ describe('on plain Node, from the tarball', () => {
     await outputClosed;
     expect(lines.filter((line) => /"msg":"(signal received: draining|stopped)"/.test(line))).toHaveLength(2);
   });
+});
+
+describe('on Bun and Deno, from the tarball', () => {
+  // One service for both: a hub from the runtime's own factory, and a request/reply through it with the runtime's WebSocket.
+  const service = `
+    import { NerveClient } from 'nerve/client';
+    const runtime = typeof Deno === 'undefined' ? 'bun' : 'deno';
+    const serve = runtime === 'deno' ? (await import('nerve/deno')).serveDeno : (await import('nerve/bun')).serveBun;
+    const server = await serve({ NERVE_PORT: '0', NERVE_PASSWORD: 'pw' }, { log: () => {} }).start();
+    const options = (appName, clientId) => ({ url: server.url, appName, clientId, password: 'pw' });
+    const echo = new NerveClient(options('echo', 'echo-1'));
+    echo.on('PING', (data, message) => echo.reply(message, { pong: data, runtime }));
+    await echo.connect();
+    const api = new NerveClient(options('api', 'api-1'));
+    await api.connect();
+    const answer = await api.request('PING', 42, { app_name: 'echo' }, { timeout: 5000 });
+    await Promise.all([api.close(), echo.close()]);
+    await server.stop();
+    console.log(JSON.stringify(answer));
+  `;
+  const commands = {
+    bun: [join(root, 'node_modules/.bin/bun'), 'run'],
+    deno: [join(root, 'node_modules/.bin/deno'), 'run', '--allow-net', '--allow-env', '--allow-sys=systemMemoryInfo'],
+  };
+
+  for (const [runtime, [command, ...args]] of Object.entries(commands)) {
+    it(`serves and answers on ${runtime} through nerve/${runtime}, then exits by itself`, () => {
+      writeFileSync(join(scratch, 'service.mjs'), service);
+      const result = spawnSync(command!, [...args, 'service.mjs'], {
+        cwd: scratch,
+        env: { ...plainEnv, DENO_DIR: join(root, '.deno-dir') },
+        encoding: 'utf8',
+        timeout: 30_000,
+      });
+      expect(result.stderr).toBe('');
+      expect(JSON.parse(result.stdout)).toEqual({ pong: 42, runtime });
+      expect(result.status).toBe(0);
+    });
+  }
 });
 
 describe('in workerd, from the tarball', () => {
