@@ -482,8 +482,10 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     clearTimeout(this.#handshakeTimer);
     if (this.#state === 'closed' || this.#state === 'idle') return;
     const retryWithFreshToken = code === Close.BAD_PASSWORD && typeof this.#token === 'function' && !this.#freshTokenRefused;
+    // Before WELCOME a 4413 can only be our IDENTIFY's metadata, which every retry would send again.
+    const identifyTooLarge = code === Close.TOO_LARGE && this.#state !== 'ready';
     if (retryWithFreshToken) this.#freshTokenRefused = true;
-    else if (code !== undefined && FATAL_CLOSE_CODES.has(code)) {
+    else if (code !== undefined && (FATAL_CLOSE_CODES.has(code) || identifyTooLarge)) {
       void this.#shutdown(new NerveError(code, `${code}: ${reason || 'refused by the server'}`, reason));
       return;
     }

@@ -424,6 +424,26 @@ describe('client protocol', () => {
     expect(() => new NerveClient({ ...base, password: 'pw', token: 't' })).toThrow(expect.objectContaining({ code: 'INVALID' }));
   });
 
+  it('reconnects after a 4413 on a live connection, but stops when IDENTIFY itself is over the limit', async () => {
+    const client = makeClient({ url, appName: 'gateway', clientId: 'gw-1', password: 'pw' });
+    const { connection } = await connectClient(client);
+    const next = nextConnection();
+    client.setMetadata({ blob: 'x'.repeat(100) });
+    await connection.next(7);
+    connection.send({ op: 6, d: 'ABOUT_ME: metadata would be 70000 bytes, over the limit of 65536' });
+    connection.socket.close(4413, 'ABOUT_ME: metadata would be 70000 bytes, over the limit of 65536');
+
+    // The metadata it keeps is what the hub refused, so the next IDENTIFY is refused too: retrying cannot help.
+    const closed = nextState(client, 'closed');
+    const again = await next;
+    again.send({ op: 0, d: { heartbeat_interval: 60_000, worker: 'nerve-abc123' } });
+    expect((await again.next(1)).frame.d.metadata).toEqual({ blob: 'x'.repeat(100) });
+    again.send({ op: 6, d: 'IDENTIFY: metadata would be 70000 bytes, over the limit of 65536' });
+    again.socket.close(4413, 'IDENTIFY: metadata would be 70000 bytes, over the limit of 65536');
+    expect((await closed).error).toMatchObject({ code: 4413 });
+    expect(connections).toHaveLength(2);
+  });
+
   it.each([
     [4400, 'IDENTIFY: app_name must be a non-empty string'],
     [4401, 'IDENTIFY: wrong password'],
