@@ -115,7 +115,7 @@ export function routedFrame(msg: Routed): { e: string; d: unknown } {
   return msg.d === undefined ? (JSON.parse(`${msg.jsonHead}}`) as { e: string; d: unknown }) : { e: msg.e, d: msg.d };
 }
 
-/** Bumps the entry count in a msgpack map header (msgpackr writes map16 even for small maps). */
+/** Bumps the entry count in a msgpack map header: a fixmap for the few keys of a head, map16 once past 15. */
 function addMapEntry(bytes: Uint8Array): void {
   const tag = bytes[0]!;
   if (tag >= 0x80 && tag < 0x8f) bytes[0] = tag + 1;
