@@ -15,6 +15,8 @@ export type { NerveServer, ServeOptions, ConfigInput } from '../src/host/boot.ts
 export interface NerveSocketData {
   wire: Wire;
   conn: number;
+  /** The peer's address: failed authentications are budgeted per address. */
+  remote: string | undefined;
 }
 
 /**
@@ -69,7 +71,8 @@ export function createBunHandler(input: ConfigInput = process.env, options: Serv
   const open = new Set<ServerWebSocket<NerveSocketData>>();
   const app = mountedApp(hub, path, (c, wire) => {
     const server = c.env as Server<NerveSocketData>;
-    if (server.upgrade(c.req.raw, { data: { wire, conn: 0 } })) return new Response(null);
+    const remote = server.requestIP(c.req.raw)?.address;
+    if (server.upgrade(c.req.raw, { data: { wire, conn: 0, remote } })) return new Response(null);
     return c.text('not a valid WebSocket upgrade\n', 400);
   });
   return {
@@ -92,7 +95,7 @@ export function createBunHandler(input: ConfigInput = process.env, options: Serv
       idleTimeout: 0,
       open(ws) {
         open.add(ws);
-        ws.data.conn = hub.open(new BunSocket(ws), ws.data.wire);
+        ws.data.conn = hub.open(new BunSocket(ws), ws.data.wire, ws.data.remote);
       },
       message(ws, message) {
         hub.receive(ws.data.conn, message);

@@ -276,12 +276,13 @@ export class NerveHub extends DurableObject<NerveEnv> {
     return running;
   }
 
-  private readonly upgrade: Upgrade = (_c, wire: Wire) => {
+  private readonly upgrade: Upgrade = (c, wire: Wire) => {
     const { 0: client, 1: server } = new WebSocketPair();
     this.ctx.acceptWebSocket(server);
     this.opening = server;
     try {
-      this.current!.hub.open(socketOf(server), wire);
+      // Cloudflare's view of the client's address: failed authentications are budgeted per address.
+      this.current!.hub.open(socketOf(server), wire, c.req.header('cf-connecting-ip'));
     } finally {
       this.opening = undefined;
     }

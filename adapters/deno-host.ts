@@ -78,7 +78,8 @@ export interface DenoHandler {
   readonly path: string;
   /** Nerve's HTTP routes and upgrade under `path`. */
   readonly app: Hono;
-  fetch(request: Request): Response | Promise<Response>;
+  /** Deno.serve's handler; `info` gives the peer's address, which failed authentications are budgeted by. */
+  fetch(request: Request, info?: { remoteAddr?: { hostname?: string } }): Response | Promise<Response>;
   /** GO_AWAY to every connection, waits for them (at most config.drainTimeout ms), then drops the rest. */
   close(): Promise<void>;
 }
@@ -99,13 +100,14 @@ export function createDenoHandler(input: ConfigInput = Deno.env.toObject(), opti
       return c.text(`not a valid WebSocket upgrade: ${(error as Error).message}\n`, 400);
     }
     const { socket, response } = upgraded;
+    const remote = (c.env as { remoteAddr?: { hostname?: string } } | undefined)?.remoteAddr?.hostname;
     socket.binaryType = 'arraybuffer';
     let conn: number | undefined;
     const peer = new DenoSocket(socket);
     // Sending before `open` throws on Deno, so the hub (and its HELLO) waits for it.
     socket.onopen = () => {
       open.add(peer);
-      conn = hub.open(peer, wire);
+      conn = hub.open(peer, wire, remote);
     };
     socket.onmessage = (event) => {
       if (conn !== undefined) hub.receive(conn, typeof event.data === 'string' ? event.data : new Uint8Array(event.data));
@@ -124,7 +126,7 @@ export function createDenoHandler(input: ConfigInput = Deno.env.toObject(), opti
     hub,
     path,
     app,
-    fetch: (request) => app.fetch(request),
+    fetch: (request, info) => app.fetch(request, info),
     async close() {
       await hub.shutdown(config.drainTimeout);
       for (const peer of open) peer.terminate();

@@ -77,10 +77,11 @@ export function createNodeHandler(input: ConfigInput = process.env, options: Ser
   // ws checks a frame's declared length before buffering it, so the limit costs no memory.
   const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxPayload, perMessageDeflate: false });
   const app = mountedApp(hub, path);
-  const serveHttp = getRequestListener(app.fetch);
+  // A library must not swap the process's global Response for @hono/node-server's lighter one.
+  const serveHttp = getRequestListener(app.fetch, { overrideGlobalObjects: false });
 
-  function accept(ws: WebSocket, wire: Exclude<ReturnType<typeof refuseUpgrade>, Response>): void {
-    const conn = hub.open(new NodeSocket(ws), wire);
+  function accept(ws: WebSocket, wire: Exclude<ReturnType<typeof refuseUpgrade>, Response>, remote: string | undefined): void {
+    const conn = hub.open(new NodeSocket(ws), wire, remote);
     routeTransportErrors(hub, ws, conn);
     ws.on('message', (data: Buffer, isBinary) => hub.receive(conn, isBinary ? data : data.toString()));
     ws.on('close', (code) => hub.closed(conn, code));
@@ -104,9 +105,11 @@ export function createNodeHandler(input: ConfigInput = process.env, options: Ser
     upgrade(request, socket, head) {
       const url = new URL(request.url ?? '/', 'http://localhost');
       if (routeWithin(path, url.pathname) !== '/') return false;
-      const wire = refuseUpgrade(url, hub);
-      if (wire instanceof Response) void answerUpgrade(socket, wire);
-      else wss.handleUpgrade(request, socket, head, (ws) => accept(ws, wire));
+      const wire = refuseUpgrade(url, hub, request.headers.origin);
+      // Not `instanceof Response`: another Response class may be the global one by now.
+      if (!('format' in wire)) void answerUpgrade(socket, wire);
+      // The socket's own address: failed authentications are budgeted per address.
+      else wss.handleUpgrade(request, socket, head, (ws) => accept(ws, wire, request.socket.remoteAddress));
       return true;
     },
     attach(server) {

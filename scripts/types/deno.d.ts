@@ -25,5 +25,8 @@ declare namespace Deno {
   function exit(code?: number): never;
   function addSignalListener(signal: Signal, handler: () => void): void;
   function upgradeWebSocket(request: Request, options?: UpgradeWebSocketOptions): { socket: WebSocket; response: Response };
-  function serve(options: ServeOptions, handler: (request: Request) => Response | Promise<Response>): HttpServer;
+  interface ServeHandlerInfo {
+    remoteAddr: NetAddr;
+  }
+  function serve(options: ServeOptions, handler: (request: Request, info: ServeHandlerInfo) => Response | Promise<Response>): HttpServer;
 }

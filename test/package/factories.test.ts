@@ -39,9 +39,9 @@ async function roundTrip(url: string): Promise<unknown> {
 }
 
 /** What an upgrade request to `url` gets back: status and body, or `101` when it was accepted. */
-function upgradeAnswer(url: string): Promise<{ status: number; body: string }> {
+function upgradeAnswer(url: string, origin?: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(url, origin === undefined ? {} : { origin });
     ws.once('open', () => {
       ws.terminate();
       resolve({ status: 101, body: '' });
@@ -85,6 +85,14 @@ describe('createNodeServer', () => {
     cleanups.push(() => server.stop());
     expect(await upgradeAnswer(`ws://127.0.0.1:${server.port}/nope`)).toEqual({ status: 404, body: JSON.stringify({ error: 'no route GET /nope' }) });
     expect(await upgradeAnswer(`ws://127.0.0.1:${server.port}/?format=xml`)).toMatchObject({ status: 400 });
+  });
+
+  it('holds browsers to NERVE_ALLOWED_ORIGINS on upgrade, as the Hono app does on the other runtimes', async () => {
+    const server = await createNodeServer(env({ NERVE_ALLOWED_ORIGINS: 'https://app.example.com' }), quiet).start();
+    cleanups.push(() => server.stop());
+    expect(await upgradeAnswer(server.url, 'https://evil.example.com')).toMatchObject({ status: 403 });
+    expect((await upgradeAnswer(server.url, 'https://app.example.com')).status).toBe(101);
+    expect((await upgradeAnswer(server.url)).status).toBe(101);
   });
 
   it('stops cleanly: clients get GO_AWAY and 1001', async () => {
