@@ -113,6 +113,7 @@ export function decodeMsgpack(bytes: Uint8Array, maxDepth: number): unknown {
       throw undecodable(chosen, bytes, maxDepth, retryError);
     }
   }
+  if (symbolKeys === 0 && firstExtension === undefined && isPlainJson(value, maxDepth)) return value;
   const refusal = refusalIn(value, maxDepth);
   if (refusal) throw refusal;
   return value;
@@ -163,12 +164,39 @@ function refused(what: string, where: string | undefined, why = NOT_JSON): Decod
   return new DecodeError(`msgpack ${what}${where === undefined ? '' : ` at ${where}`} is not allowed: ${why}`);
 }
 
+/** The common case, checked without building paths: nothing to refuse, nothing too deep, no symbol-held key. */
+function isPlainJson(root: unknown, maxDepth: number): boolean {
+  if (typeof root !== 'object' || root === null) return typeof root !== 'number' || Number.isFinite(root);
+  if (root instanceof RefusedExtension || root instanceof Uint8Array || maxDepth < 1) return false;
+  const pending: object[] = [root];
+  const depths: number[] = [1];
+  while (pending.length > 0) {
+    const node = pending.pop()!;
+    const childDepth = depths.pop()! + 1;
+    const children: unknown[] = Array.isArray(node) ? node : Object.values(node);
+    for (let i = 0; i < children.length; i++) {
+      const child = children[i];
+      if (typeof child === 'object') {
+        if (child === null) continue;
+        // Only arrays, maps, bins and refused extensions come out of the decoder.
+        if (child instanceof RefusedExtension || child instanceof Uint8Array || childDepth > maxDepth) return false;
+        pending.push(child);
+        depths.push(childDepth);
+      } else if (typeof child === 'number' && !Number.isFinite(child)) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
 /** What is wrong with a decoded value, if anything; its extensions first, since msgpackr's trail garbage behind them. */
 function refusalIn(value: unknown, maxDepth: number): DecodeError | undefined {
   if (firstExtension === undefined) return walk(value, maxDepth, false);
   return walk(value, Infinity, true) ?? refused(`extension ${extensionName(firstExtension)}`, undefined);
 }
 
+/** The refusal with its path: run only when isPlainJson found something, or when keys need settling. */
 function walk(root: unknown, maxDepth: number, extensionsOnly: boolean): DecodeError | undefined {
   if (typeof root !== 'object' || root === null || !isContainer(root)) return checkLeaf(root, undefined, undefined, extensionsOnly);
   if (maxDepth < 1) return new DecodeError(depthExceeded(maxDepth));
