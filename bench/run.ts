@@ -8,7 +8,7 @@ import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { ENTRIES, type Kind, type Runtime } from './entries.ts';
+import { ENTRIES, runCommand, type Kind, type Runtime } from './entries.ts';
 import type { LoadConfig } from './load.ts';
 import { median } from './lib/stats.ts';
 import { topSelf } from './profile.ts';
@@ -79,7 +79,7 @@ type Options = ReturnType<typeof options>;
 const HELP = `npm run bench -- [flags]   (each flag also reads BENCH_<NAME>, e.g. BENCH_RUNS=5)
   --smoke                seconds-long run with tiny counts (CI)
   --runtimes node,bun,deno   --scenarios pairs,latency,fanout,connections,core
-  --servers baseline,nerve   --runs N (5)          --profile (node --cpu-prof of the Node servers, top functions printed)
+  --servers baseline,nerve   --runs N (5)          --profile (--cpu-prof of the Node and Bun servers, top functions printed)
   --warmup-ms 1000  --measure-ms 3000  --latency-ms 2000  --hold-ms 2000  --core-ms 500
   --pairs 8  --window 500  --consumers 200  --fan-window 32  --payload-bytes 100
   --connections 5000  --concurrency 100  --out FILE.json
@@ -95,13 +95,7 @@ function profileDir(kind: Kind, scenario: string, run: number): string {
 }
 
 function serverCommand(runtime: Runtime, kind: Kind, opts: Options, prof?: string): string[] {
-  const entry = ENTRIES[kind][runtime];
-  if (runtime === 'node') {
-    const flags = opts.profile && prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [];
-    return [process.execPath, ...flags, '--import', 'tsx', entry];
-  }
-  if (runtime === 'bun') return [join(BIN, 'bun'), 'run', entry];
-  return [join(BIN, 'deno'), 'run', '-A', entry];
+  return runCommand(ROOT, runtime, ENTRIES[kind][runtime], opts.profile ? prof : undefined);
 }
 
 function runtimeAvailable(runtime: Runtime): string | null {
@@ -319,7 +313,7 @@ interface Row extends Measures {
 
 async function socketRun(runtime: Runtime, scenario: Exclude<Scenario, 'core'>, kind: Kind, run: number, opts: Options): Promise<Row> {
   const base = { runtime, scenario, server: kind, run };
-  const prof = runtime === 'node' && opts.profile ? profileDir(kind, scenario, run) : undefined;
+  const prof = runtime !== 'deno' && opts.profile ? profileDir(kind, scenario, run) : undefined;
   // A profile left by an earlier invocation must not be mistaken for this run's.
   if (prof) rmSync(prof, { recursive: true, force: true });
   const cmd = serverCommand(runtime, kind, opts, prof);
@@ -394,13 +388,7 @@ function printProfile(dir: string): void {
 }
 
 async function coreRun(runtime: Runtime, opts: Options): Promise<any> {
-  const cmd =
-    runtime === 'node'
-      ? [process.execPath, '--import', 'tsx', 'bench/core.ts']
-      : runtime === 'bun'
-        ? [join(BIN, 'bun'), 'run', 'bench/core.ts']
-        : [join(BIN, 'deno'), 'run', '-A', 'bench/core.ts'];
-  const full = pin(0, cmd);
+  const full = pin(0, runCommand(ROOT, runtime, 'bench/core.ts'));
   const r = spawnSync(full[0], full.slice(1), {
     cwd: ROOT,
     encoding: 'utf8',
