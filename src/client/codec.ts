@@ -1,6 +1,6 @@
 // Frame encoding for the client side of each wire format: JSON text, msgpack,
 // and either one deflated per frame with zlib. Plain JSON needs no library; the
-// msgpack and zlib codecs are loaded with import() only by a connection that uses them.
+// hub's own msgpack and zlib codecs load with import() only for a connection that uses them.
 
 import { HEARTBEAT_FRAME, type Compression, type Format } from '../core/protocol.ts';
 
@@ -65,19 +65,16 @@ const jsonBytes: ValueCodec = {
   decode: (bytes) => JSON.parse(utf8Decoder.decode(bytes)),
 };
 
-/** Frames from the server are not size-checked here: the server bounds what it sends. */
+// The server bounds the size and depth of what it sends, so the client sets no limits of its own.
+
 async function loadMsgpack(): Promise<ValueCodec> {
-  const { decodeFrame, encodeFrame } = await import('../core/codec.ts');
-  const wire = { format: 'msgpack', compression: 'none' } as const;
-  return {
-    encode: (value) => encodeFrame(value as object, wire) as Uint8Array,
-    decode: (bytes) => decodeFrame(bytes, wire, Infinity),
-  };
+  const { decodeMsgpack, packMsgpack } = await import('../core/msgpack.ts');
+  return { encode: packMsgpack, decode: (bytes) => decodeMsgpack(bytes, Infinity) };
 }
 
 async function loadZlib(): Promise<ByteCodec> {
-  const { unzlibSync, zlibSync } = await import('fflate');
-  return { encode: (bytes) => zlibSync(bytes), decode: (bytes) => unzlibSync(bytes) };
+  const { deflate, inflate } = await import('../core/zlib.ts');
+  return { encode: deflate, decode: (bytes) => inflate(bytes, Infinity) };
 }
 
 /**
