@@ -130,6 +130,11 @@ function describeError(error: unknown, conn: Conn): Record<string, unknown> {
 // ── connections ────────────────────────────────────────────────────────────
 
 function open(state: State, out: Output[], id: ConnId, wire: Wire, now: number, remote = ''): void {
+  if (state.conns.has(id)) {
+    // The embedder broke its contract (a fresh id per connection); the old one can only be gone.
+    out.push({ type: 'log', level: 'error', msg: 'connection id reused before its close', fields: { conn: id } });
+    transportClosed(state, out, id, undefined, now);
+  }
   const conn = newConn(id, wire, now, state.config.rateLimit * 2, remote);
   state.conns.set(id, conn);
   state.liveConns++;
