@@ -30,8 +30,9 @@ async function listedClients(server: RunningServer, appName: string): Promise<st
 }
 
 /**
- * Kills the server like a crash would. `tsx` runs the server in a child node
- * process and cannot forward SIGKILL, so the signal goes to that child.
+ * Kills the server like a crash would: the process and any it started (a
+ * launcher's runtime binary, tsx's esbuild), none of them given a chance to
+ * say goodbye.
  */
 async function crash(server: RunningServer): Promise<void> {
   let children: string[] = [];
@@ -41,7 +42,7 @@ async function crash(server: RunningServer): Promise<void> {
     // no child process: the server is the process itself
   }
   for (const pid of children) process.kill(Number(pid), 'SIGKILL');
-  await server.stop(children.length > 0 ? 'SIGTERM' : 'SIGKILL');
+  await server.stop('SIGKILL');
 }
 
 async function workerOf(server: RunningServer): Promise<string> {
