@@ -140,7 +140,7 @@ export function loadConfig(env: Env, worker: string = newWorkerId()): HostConfig
     queueMaxBytes: integer(env, 'NERVE_QUEUE_MAX_BYTES', DEFAULT_LIMITS.queueMaxBytes, 0),
     replayMaxCount: integer(env, 'NERVE_REPLAY_MAX_COUNT', DEFAULT_LIMITS.replayMaxCount, 1),
     replayMaxBytes: integer(env, 'NERVE_REPLAY_MAX_BYTES', DEFAULT_LIMITS.replayMaxBytes, 1),
-    maxDepth: integer(env, 'NERVE_MAX_DEPTH', DEFAULT_LIMITS.maxDepth, 2, 10_000),
+    maxDepth: integer(env, 'NERVE_MAX_DEPTH', DEFAULT_LIMITS.maxDepth, 2, 512),
     maxQueryOperands: integer(env, 'NERVE_MAX_QUERY_OPERANDS', DEFAULT_LIMITS.maxQueryOperands, 1),
     maxQueryTerms: integer(env, 'NERVE_MAX_QUERY_TERMS', DEFAULT_LIMITS.maxQueryTerms, 1),
     maxOutbound: integer(env, 'NERVE_MAX_OUTBOUND', DEFAULT_LIMITS.maxOutbound, 1024),
