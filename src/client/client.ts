@@ -324,7 +324,7 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     // Covers preparing too: a token fetch that hangs must not stall reconnecting forever.
     this.#handshakeTimer = setTimeout(() => this.#drop('no WELCOME in time'), this.#handshakeTimeout);
     if (this.#codec && typeof this.#token !== 'function') {
-      this.#credential = this.#token === undefined ? { password: this.#password! } : { token: this.#token };
+      this.#credential = this.#fixedCredential();
       return this.#openSocket();
     }
     void this.#prepareThenOpen(attempt);
@@ -349,9 +349,13 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
         return;
       }
     } else {
-      this.#credential = this.#token === undefined ? { password: this.#password! } : { token: this.#token };
+      this.#credential = this.#fixedCredential();
     }
     if (stillCurrent()) this.#openSocket();
+  }
+
+  #fixedCredential(): { password: string } | { token: string } {
+    return typeof this.#token === 'string' ? { token: this.#token } : { password: this.#password! };
   }
 
   #openSocket(): void {
@@ -574,8 +578,11 @@ export class NerveClient<Events extends object = Record<string, unknown>, Replie
     if (nonce !== undefined && nonce.startsWith(this.#noncePrefix)) {
       const pending = this.#pending.get(nonce);
       const isRequestItself = pending?.toSelf === true && !this.#answered.has(`${this.appName}\n${this.clientId}\n${nonce}`);
-      // Otherwise a reply to one of our requests, or a late one after it settled: never a new event.
-      if (!isRequestItself) return pending && this.#onReply(nonce, pending, frame.d ?? null, from);
+      if (!isRequestItself) {
+        // A reply to one of our requests, or a late one after it settled: never a new event.
+        if (pending) this.#onReply(nonce, pending, frame.d ?? null, from);
+        return;
+      }
     }
 
     const message: NerveMessage = {
