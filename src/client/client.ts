@@ -5,6 +5,7 @@
 import {
   ACK_EVENT,
   Close,
+  MAX_NAME,
   Op,
   RESERVED_EVENT_PREFIX,
   SESSION_EVENT,
@@ -49,7 +50,6 @@ interface PendingRequest {
 }
 
 const OPEN = 1;
-const MAX_NAME = 128;
 /**
  * Requests this client recently answered, by sender and nonce. A reply that
  * outlives its requester reaches the requester's next instance as an ordinary

@@ -48,6 +48,9 @@ export const UNDELIVERABLE_EVENT = 'NERVE_UNDELIVERABLE';
 /** Right after WELCOME when IDENTIFY asked to resume: `{resumed, s, replayed, missed?}`. */
 export const SESSION_EVENT = 'NERVE_SESSION';
 
+/** Characters in an app_name, client_id, event name, nonce or `to.key`. */
+export const MAX_NAME = 128;
+
 /** The sender named in `from` for dispatches that arrive over HTTP. */
 export const HTTP_SENDER_APP = 'http';
 

@@ -2,10 +2,9 @@
 // was wrong, because it is sent verbatim to the client in NO_U_TBH.
 
 import * as v from 'valibot';
-import { RESERVED_EVENT_PREFIX } from './protocol.ts';
+import { MAX_NAME, RESERVED_EVENT_PREFIX } from './protocol.ts';
 
-/** The longest app_name, client_id, event name, nonce or to.key, in characters. */
-export const MAX_NAME = 128;
+export { MAX_NAME };
 
 function name(field: string) {
   const message = `${field} must be a non-empty string`;
