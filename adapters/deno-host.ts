@@ -21,6 +21,28 @@ const QUIET_MS = 20;
 const LINGER_MS = 1_000;
 
 /**
+ * Deno hands a frame to the OS in a later turn of the event loop, so
+ * `bufferedAmount` counts every frame just sent even when the socket keeps up
+ * (measured: 100 right after send(), still 100 after microtasks, 0 after a
+ * setTimeout of 0). Read as is, every write would look like a reader falling
+ * behind, and a peer that closes right after reading would have its last
+ * events counted as never handed over. So a socket's backlog is what it held
+ * before this turn's writes, as far as that has not drained since.
+ */
+let turn = 0;
+let turnEndScheduled = false;
+function currentTurn(): number {
+  if (!turnEndScheduled) {
+    turnEndScheduled = true;
+    setTimeout(() => {
+      turn++;
+      turnEndScheduled = false;
+    }, 0);
+  }
+  return turn;
+}
+
+/**
  * A Deno socket as the hub sees it. Deno keeps `bufferedAmount` current for
  * server sockets (it falls as the OS takes the bytes). It has no way to drop
  * a connection outright, so terminate() sends the close frame at once instead
@@ -29,10 +51,17 @@ const LINGER_MS = 1_000;
 class DenoSocket implements HubSocket {
   private closeTimer: ReturnType<typeof setTimeout> | undefined;
   private closeFrame: { code: number; reason: string } | undefined;
+  private sentInTurn = -1;
+  private heldBeforeTurn = 0;
 
   constructor(private readonly socket: WebSocket) {}
 
   send(frames: readonly (string | Uint8Array)[]): void {
+    const now = currentTurn();
+    if (now !== this.sentInTurn) {
+      this.sentInTurn = now;
+      this.heldBeforeTurn = this.socket.bufferedAmount;
+    }
     // The core's bytes are never over a SharedArrayBuffer, which is all the narrower type rules out.
     for (let i = 0; i < frames.length; i++) this.socket.send(frames[i] as string | Uint8Array<ArrayBuffer>);
   }
@@ -55,7 +84,8 @@ class DenoSocket implements HubSocket {
   }
 
   buffered(): number {
-    return this.socket.bufferedAmount;
+    const held = this.socket.bufferedAmount;
+    return this.sentInTurn === turn ? Math.min(held, this.heldBeforeTurn) : held;
   }
 
   terminate(): void {
@@ -92,6 +122,8 @@ export function createDenoHandler(input: ConfigInput = Deno.env.toObject(), opti
   // Deno has no per-socket payload limit to set; it accepts frames up to its own
   // built-in maximum and the core answers anything over NERVE_MAX_PAYLOAD with 4413.
   const app = mountedApp(hub, path, (c, wire) => {
+    // Read before the upgrade: afterwards Deno reports the request as closed and throws.
+    const remote = (c.env as { remoteAddr?: { hostname?: string } } | undefined)?.remoteAddr?.hostname;
     let upgraded: ReturnType<typeof Deno.upgradeWebSocket>;
     try {
       // idleTimeout 0: liveness is Nerve's own heartbeat (4408), as on Node, not Deno's pings.
@@ -100,7 +132,6 @@ export function createDenoHandler(input: ConfigInput = Deno.env.toObject(), opti
       return c.text(`not a valid WebSocket upgrade: ${(error as Error).message}\n`, 400);
     }
     const { socket, response } = upgraded;
-    const remote = (c.env as { remoteAddr?: { hostname?: string } } | undefined)?.remoteAddr?.hostname;
     socket.binaryType = 'arraybuffer';
     let conn: number | undefined;
     const peer = new DenoSocket(socket);
