@@ -45,6 +45,45 @@ function node(source: string, args: string[] = []): string {
   return succeed(process.execPath, [file, ...args]);
 }
 
+/**
+ * `npx nerve args…` in the scratch project, once it listens. Bun and Deno are
+ * found where a user's npm scripts would find them: node_modules/.bin on PATH.
+ */
+async function npxNerve(args: string[]) {
+  const server = spawn('npx', ['--no-install', 'nerve', ...args], {
+    cwd: scratch,
+    env: { ...plainEnv, PATH: `${join(root, 'node_modules/.bin')}:${plainEnv['PATH'] ?? ''}`, DENO_DIR: join(root, '.deno-dir') },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  // npx itself dies of the signal; the server underneath drains, and the pipe closes once it has exited.
+  const outputClosed = new Promise((resolve) => server.stdout!.once('close', resolve));
+  const lines: string[] = [];
+  const listening = await new Promise<{ url: string; runtime: string }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`npx nerve did not listen:\n${lines.join('\n')}`)), 30_000);
+    const onData = (chunk: Buffer) => {
+      for (const line of chunk.toString().split('\n').filter(Boolean)) {
+        lines.push(line);
+        if (line.includes('"msg":"listening"')) {
+          clearTimeout(timer);
+          resolve(JSON.parse(line));
+        }
+      }
+    };
+    server.stdout!.on('data', onData);
+    server.stderr!.on('data', onData);
+    server.once('exit', (code) => reject(new Error(`npx nerve exited with ${code}:\n${lines.join('\n')}`)));
+  });
+  return {
+    listening,
+    lines,
+    async stop() {
+      process.kill(-server.pid!, 'SIGTERM');
+      await outputClosed;
+    },
+  };
+}
+
 beforeAll(() => {
   scratch = mkdtempSync(join(tmpdir(), 'nerve-pack-'));
   // prepack builds dist/ first, exactly as for a publish.
@@ -118,32 +157,9 @@ describe('on plain Node, from the tarball', () => {
 
   it('npx nerve serves, and one NerveClient gets another’s reply', async () => {
     expect(succeed('npx', ['--no-install', 'nerve', '--version']).trim()).toBe(manifest.version);
-    const server = spawn('npx', ['--no-install', 'nerve', '--port', '0', '--password', 'pack-pw'], {
-      cwd: scratch,
-      env: plainEnv,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-    });
-    // npx itself dies of the signal; the server underneath drains, and the pipe closes once it has exited.
-    const outputClosed = new Promise((resolve) => server.stdout!.once('close', resolve));
-    const lines: string[] = [];
+    const server = await npxNerve(['--port', '0', '--password', 'pack-pw']);
     try {
-      const listening = await new Promise<{ url: string; runtime: string }>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`npx nerve did not listen:\n${lines.join('\n')}`)), 30_000);
-        const onData = (chunk: Buffer) => {
-          for (const line of chunk.toString().split('\n').filter(Boolean)) {
-            lines.push(line);
-            if (line.includes('"msg":"listening"')) {
-              clearTimeout(timer);
-              resolve(JSON.parse(line));
-            }
-          }
-        };
-        server.stdout!.on('data', onData);
-        server.stderr!.on('data', onData);
-        server.once('exit', (code) => reject(new Error(`npx nerve exited with ${code}:\n${lines.join('\n')}`)));
-      });
-      expect(listening.runtime).toBe('node');
+      expect(server.listening.runtime).toBe('node');
       const output = node(
         `
         import { NerveClient } from 'nerve/client';
@@ -159,15 +175,35 @@ describe('on plain Node, from the tarball', () => {
         await Promise.all([api.close(), echo.close()]);
         console.log(JSON.stringify(answer));
       `,
-        [listening.url],
+        [server.listening.url],
       );
       expect(JSON.parse(output)).toEqual({ pong: 42 });
     } finally {
-      process.kill(-server.pid!, 'SIGTERM');
+      await server.stop();
     }
-    await outputClosed;
-    expect(lines.filter((line) => /"msg":"(signal received: draining|stopped)"/.test(line))).toHaveLength(2);
+    expect(server.lines.filter((line) => /"msg":"(signal received: draining|stopped)"/.test(line))).toHaveLength(2);
   });
+
+  for (const runtime of ['bun', 'deno']) {
+    it(`npx nerve --runtime ${runtime} hands the package's own ${runtime} main the flags`, async () => {
+      const server = await npxNerve(['--runtime', runtime, '--port', '0', '--password', 'pack-pw', '--heartbeat-interval', '2345']);
+      try {
+        expect(server.listening.runtime).toBe(runtime);
+        const hello = await new Promise<unknown>((resolve, reject) => {
+          const ws = new WebSocket(server.listening.url);
+          ws.once('message', (data) => {
+            ws.terminate();
+            resolve(JSON.parse(data.toString()));
+          });
+          ws.once('error', reject);
+        });
+        expect(hello).toMatchObject({ op: 0, d: { heartbeat_interval: 2345 } });
+      } finally {
+        await server.stop();
+      }
+      expect(server.lines.some((line) => line.includes('"msg":"stopped"'))).toBe(true);
+    });
+  }
 });
 
 describe('on Bun and Deno, from the tarball', () => {
