@@ -79,6 +79,8 @@ export interface Limits {
   maxQueryOperands: number;
   /** conditions, operators and operand values in one query, counted together. */
   maxQueryTerms: number;
+  /** operators applied to fields in one query (a bare value is one `$eq`): what a match costs. */
+  maxQueryConditions: number;
   /** bytes written to a connection that its transport has not yet handed to the OS; over it → slow consumer. */
   maxOutbound: number;
   /** bytes of held events, replay buffers and metadata across the whole hub. */
@@ -111,6 +113,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxDepth: 32,
   maxQueryOperands: 256,
   maxQueryTerms: 512,
+  maxQueryConditions: 16,
   maxOutbound: 8 * 1_048_576,
   maxMemory: 1024 * 1_048_576,
   maxConnections: 20_000,

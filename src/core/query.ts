@@ -2,6 +2,8 @@
 // operator allowlist, operand types and the query limits, then evaluated with sift's semantics
 // by an iterative matcher whose cost is bounded. A test never throws: a failure is "no match".
 
+import { DEFAULT_LIMITS } from './io.ts';
+
 export type MetadataTest = (metadata: Record<string, unknown>) => boolean;
 
 export interface QueryLimits {
@@ -12,14 +14,14 @@ export interface QueryLimits {
   /** object keys plus array elements, anywhere in the query. */
   maxQueryTerms: number;
   /** operators applied to a field (a bare value is one `$eq`), each run on every value at its path. */
-  maxQueryConditions?: number;
+  maxQueryConditions?: number | undefined;
 }
 
 /**
  * Matching costs conditions × values at their paths (each condition sees every value its
  * path reaches), so this, not the term count, bounds the time a query takes.
  */
-export const DEFAULT_MAX_QUERY_CONDITIONS = 16;
+export const DEFAULT_MAX_QUERY_CONDITIONS = DEFAULT_LIMITS.maxQueryConditions;
 
 export class QueryError extends Error {}
 

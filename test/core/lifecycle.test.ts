@@ -123,10 +123,10 @@ describe('errors: NO_U_TBH then close, in the documented order of checks', () =>
     ['DISPATCH with a bad mode', { op: 8, e: 'X', to: { app_name: 'a', mode: 'some' } }, 4400, 'DISPATCH: to.mode must be "one" or "all"'],
     ['DISPATCH with a numeric nonce', { op: 8, e: 'X', to: { app_name: 'a' }, nonce: 1 }, 4400, 'DISPATCH: nonce must be a string'],
     ['DISPATCH with $where', { op: 8, e: 'X', to: { app_name: 'a', query: { $where: 'true' } } }, 4400, 'DISPATCH: to.query: unsupported query operator $where'],
-    ['DISPATCH with a nested $function', { op: 8, e: 'X', to: { app_name: 'a', query: { x: { $function: {} } } } }, 4400, 'DISPATCH: to.query: unsupported query operator $function'],
-    ['DISPATCH with $regex', { op: 8, e: 'X', to: { app_name: 'a', query: { x: { $regex: 'a' } } } }, 4400, 'DISPATCH: to.query: unsupported query operator $regex'],
-    ['DISPATCH with $in not an array', { op: 8, e: 'X', to: { app_name: 'a', query: { x: { $in: 5 } } } }, 4400, 'DISPATCH: to.query: $in needs an array'],
-    ['DISPATCH with $or of non-queries', { op: 8, e: 'X', to: { app_name: 'a', query: { $or: [1] } } }, 4400, 'DISPATCH: to.query: $or needs a non-empty array of queries'],
+    ['DISPATCH with a nested $function', { op: 8, e: 'X', to: { app_name: 'a', query: { x: { $function: {} } } } }, 4400, 'DISPATCH: to.query: unsupported query operator $function at x'],
+    ['DISPATCH with $regex', { op: 8, e: 'X', to: { app_name: 'a', query: { x: { $regex: 'a' } } } }, 4400, 'DISPATCH: to.query: unsupported query operator $regex at x'],
+    ['DISPATCH with $in not an array', { op: 8, e: 'X', to: { app_name: 'a', query: { x: { $in: 5 } } } }, 4400, 'DISPATCH: to.query: $in at x needs an array'],
+    ['DISPATCH with $or of non-queries', { op: 8, e: 'X', to: { app_name: 'a', query: { $or: [1] } } }, 4400, 'DISPATCH: to.query: $or[0] needs a query object'],
     ['a server-only op after WELCOME', { op: 4 }, 4400, 'op 4 (HEARTBEAT_ACK) is sent by the server only'],
   ];
   it.each(after)('after WELCOME: %s', (_name, frame, code, reason) => {
