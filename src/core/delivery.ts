@@ -56,6 +56,10 @@ export function deliver(state: State, out: Output[], session: Session, msg: Rout
   const s = ++session.seq;
   touchSession(state, session);
   state.counters.deliveries++;
+  if (conn !== null && conn.writtenInFlush !== state.flushes) {
+    conn.writtenInFlush = state.flushes;
+    conn.firstSinceFlush = s;
+  }
   if (conn !== null && msg.directed && msg.target.client_id !== undefined) {
     session.writtenUpTo = s;
     // An event for this one client is kept as the very text written (on plain
@@ -75,23 +79,36 @@ export function deliver(state: State, out: Output[], session: Session, msg: Rout
       sendRouted(state, out, conn, msg, s);
     }
   }
-  const { replayMaxCount, replayMaxBytes } = state.config;
-  while (session.replay.length > replayMaxCount || (session.replayBytes > replayMaxBytes && session.replay.length > 1)) {
-    evictOldest(state, out, session);
-  }
+  trimReplay(state, out, session);
   if (conn !== null) shedWritten(state, out, session);
   return true;
 }
 
 /**
- * Drops the oldest buffered event. One the transport still holds for a
- * connected session cannot be dropped as delivered: its reader is a whole
- * buffer behind, so the connection is marked to be cut as a slow consumer
- * (at the end of this step) and the event counts as never written.
+ * Keeps a replay buffer within its bounds. For a connected session the
+ * oldest event is only dropped as delivered once it has left the host: one
+ * still queued in the host (written since its last flush) waits for that
+ * flush, the buffer over its bounds by one turn's events (State.overBound);
+ * one the transport still holds means the reader is a whole buffer behind,
+ * so the connection is marked to be cut as a slow consumer (at the end of
+ * this step) and the event counts as never written.
  */
+export function trimReplay(state: State, out: Output[], session: Session): void {
+  const { replayMaxCount, replayMaxBytes } = state.config;
+  while (session.replay.length > replayMaxCount || (session.replayBytes > replayMaxBytes && session.replay.length > 1)) {
+    const conn = session.conn;
+    if (conn !== null && session.replayFirst <= session.writtenUpTo) {
+      if (session.replayFirst >= conn.unflushedFrom) markSlow(state, conn, session);
+      else if (state.flushes >= 0 && conn.writtenInFlush === state.flushes && session.replayFirst >= conn.firstSinceFlush) {
+        state.overBound.add(session);
+        return;
+      }
+    }
+    evictOldest(state, out, session);
+  }
+}
+
 function evictOldest(state: State, out: Output[], session: Session): void {
-  const conn = session.conn;
-  if (conn !== null && session.replayFirst >= conn.unflushedFrom) markSlow(state, conn, session);
   const evicted = session.replay.shift()!;
   addReplayBytes(state, session, -entryBytes(evicted));
   if (session.replayFirst > session.writtenUpTo) {
@@ -108,7 +125,7 @@ function shedWritten(state: State, out: Output[], session: Session): void {
     overBudget(state, 0) &&
     session.replay.length > 1 &&
     session.replayFirst <= session.writtenUpTo &&
-    session.replayFirst < conn.unflushedFrom
+    session.replayFirst < unflushedFrom(state, conn)
   ) {
     evictOldest(state, out, session);
   }
@@ -116,7 +133,7 @@ function shedWritten(state: State, out: Output[], session: Session): void {
 
 /** Connections found a whole replay buffer behind; `step` cuts them once the input is handled. */
 function markSlow(state: State, conn: Conn, session: Session): void {
-  session.writtenUpTo = Math.min(session.writtenUpTo, conn.unflushedFrom - 1);
+  forgetUnflushed(state, conn, session);
   if (!state.slowConns.includes(conn)) state.slowConns.push(conn);
 }
 
@@ -164,8 +181,18 @@ export function noteBacklog(state: State, conn: Conn, bytes: number, unflushedFr
 }
 
 /** A connection that is cut while the transport still holds events: they count as never written. */
-export function forgetUnflushed(conn: Conn, session: Session): void {
-  if (conn.unflushedFrom !== Infinity) session.writtenUpTo = Math.min(session.writtenUpTo, conn.unflushedFrom - 1);
+export function forgetUnflushed(state: State, conn: Conn, session: Session): void {
+  const from = unflushedFrom(state, conn);
+  if (from !== Infinity) session.writtenUpTo = Math.min(session.writtenUpTo, from - 1);
+}
+
+/**
+ * The oldest `s` not yet handed to the OS: what the transport reported it
+ * holds, or what was written since the host's last flush (still in its queue).
+ */
+export function unflushedFrom(state: State, conn: Conn): number {
+  const queued = state.flushes >= 0 && conn.writtenInFlush === state.flushes ? conn.firstSinceFlush : Infinity;
+  return Math.min(conn.unflushedFrom, queued);
 }
 
 /** Empties the replay buffer; `s` goes on from where it was. */
@@ -241,16 +268,30 @@ export function expireHeld(state: State, out: Output[], app: AppState, now: numb
   } else forgetAppIfEmpty(state, app);
 }
 
-/** Hands the app's held events that this session now matches to it, in order. */
+/**
+ * Hands the app's held events that this session now matches to it, in order.
+ * Behind a batching host, at most half a replay buffer goes out per flush, so
+ * a burst never pushes out events its own transport has not taken yet; the
+ * rest follows after each flush (State.heldWaiting).
+ */
 export function deliverHeld(state: State, out: Output[], session: Session): void {
   const app = session.app;
   if (app.held.length === 0 || session.conn === null) return;
+  const batching = state.flushes >= 0;
+  const maxCount = Math.max(1, state.config.replayMaxCount >> 1);
+  const maxBytes = Math.max(1, state.config.replayMaxBytes >> 1);
   let delivered = 0;
+  let bytes = 0;
   for (const held of app.held) {
     const msg = held.msg;
     if (held.done) continue;
     if (msg.target.client_id !== undefined ? msg.target.client_id !== session.clientId : msg.senderKey === session.key) continue;
     if (!matches(session, msg)) continue;
+    if (batching && delivered > 0 && (delivered >= maxCount || bytes + msg.bytes > maxBytes)) {
+      state.heldWaiting.add(session);
+      break;
+    }
+    bytes += msg.bytes;
     held.done = true;
     addHeldBytes(state, app, -msg.bytes);
     delivered++;

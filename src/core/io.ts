@@ -9,7 +9,7 @@ export type ConnId = number;
 
 export type Input =
   /** A connection was accepted; the core answers with HELLO. `remote` is the peer's address, where known. */
-  | { type: 'open'; now: number; conn: ConnId; wire: Wire; remote?: string }
+  | { type: 'open'; now: number; conn: ConnId; wire: Wire; remote?: string | undefined }
   /** One inbound frame, exactly as received (text → string, binary → bytes). */
   | { type: 'message'; now: number; conn: ConnId; data: string | Uint8Array }
   /**
@@ -17,9 +17,9 @@ export type Input =
    * cap, invalid UTF-8, a framing violation); the core answers it
    * like any bad frame, with NO_U_TBH and 4413 or 4400.
    */
-  | { type: 'refused'; now: number; conn: ConnId; tooLarge: boolean; detail?: string }
+  | { type: 'refused'; now: number; conn: ConnId; tooLarge: boolean; detail?: string | undefined }
   /** The transport closed (by the peer, or after a close output). `code` is what the peer sent, if anything. */
-  | { type: 'close'; now: number; conn: ConnId; code?: number }
+  | { type: 'close'; now: number; conn: ConnId; code?: number | undefined }
   /**
    * A HEARTBEAT the host answered without the core (a Durable Object's
    * auto-response); `at` is when it arrived. Sends nothing; feed before a tick.
@@ -38,12 +38,19 @@ export type Input =
    * it stays non-zero, and when it is zero again.
    */
   | { type: 'backlog'; now: number; conn: ConnId; bytes: number; unflushedFrom: number }
+  /**
+   * The host handed every frame queued before this flush to its transports
+   * (a batching host sends one per flush, after that flush's `backlog`
+   * reports). Until a host first sends it, frames count as handed over as
+   * the step returns.
+   */
+  | { type: 'flushed'; now: number }
   /** The answer to a `verify` output: the token's claims, or why it was refused. */
-  | { type: 'verified'; now: number; conn: ConnId; claims?: Claims; error?: string };
+  | { type: 'verified'; now: number; conn: ConnId; claims?: Claims | undefined; error?: string | undefined };
 
 export type Output =
   /** `s` is set on routed events, so a host can tell which ones its transport still holds. */
-  | { type: 'send'; conn: ConnId; data: string | Uint8Array; s?: number }
+  | { type: 'send'; conn: ConnId; data: string | Uint8Array; s?: number | undefined }
   | { type: 'close'; conn: ConnId; code: CloseCode; reason: string }
   /** Drop the connection now, discarding what the transport still holds (follows a close). */
   | { type: 'terminate'; conn: ConnId }

@@ -139,6 +139,9 @@ export interface Conn {
    * delivered if the connection dies: they are replayed, requeued or reported.
    */
   unflushedFrom: number;
+  /** The flush during which it was last written to, and the first `s` written then (see State.flushes). */
+  writtenInFlush: number;
+  firstSinceFlush: number;
 }
 
 /** An IDENTIFY payload that passed its schema. */
@@ -201,6 +204,16 @@ export interface State {
   httpTokensAt: number;
   /** Connections found too far behind during this step, cut when it ends. */
   slowConns: Conn[];
+  /**
+   * Flushes the host reported (`flushed` inputs); -1 until the first, for a
+   * host that writes every frame as the step returns. What was written since
+   * the last one is still queued in the host, not yet handed to the OS.
+   */
+  flushes: number;
+  /** Sessions with held events left to hand over once their connection has drained. */
+  heldWaiting: Set<Session>;
+  /** Sessions whose replay buffer is over its bounds until the host's next flush (see trimReplay). */
+  overBound: Set<Session>;
   /** Failed authentications by remote address. */
   authFailures: Map<string, AuthFailures>;
   draining: boolean;
@@ -223,6 +236,9 @@ export function createState(config: CoreConfig): State {
     httpTokens: config.rateLimit * 2,
     httpTokensAt: 0,
     slowConns: [],
+    flushes: -1,
+    heldWaiting: new Set(),
+    overBound: new Set(),
     authFailures: new Map(),
     draining: false,
     counters: { framesIn: 0, framesOut: 0, dispatches: 0, deliveries: 0, queued: 0, undeliverable: 0, errors: {}, refused: {}, slowConsumers: 0 },
@@ -255,6 +271,8 @@ export function newConn(id: ConnId, wire: Wire, now: number, tokens: number, rem
     timerAt: 0,
     backlog: 0,
     unflushedFrom: Infinity,
+    writtenInFlush: -1,
+    firstSinceFlush: Infinity,
     remote,
     verifying: undefined,
     tokenExpiresAt: Infinity,

@@ -23,6 +23,7 @@ import {
   noteBacklog,
   requeueUnwritten,
   route,
+  trimReplay,
   undeliverable,
   unwrittenDirected,
 } from './delivery.ts';
@@ -115,6 +116,9 @@ export function step(state: State, input: Input): [State, Output[]] {
     case 'backlog':
       backlog(state, out, input.conn, input.bytes, input.unflushedFrom, input.now);
       break;
+    case 'flushed':
+      flushed(state, out);
+      break;
     case 'verified':
       verified(state, out, input.conn, input.claims, input.error, input.now);
       break;
@@ -182,6 +186,25 @@ function reject(state: State, out: Output[], conn: Conn, code: CloseCode, reason
   else endSession(state, out, session, now);
 }
 
+/** The host wrote everything queued; sessions whose held events waited for room get the next batch. */
+function flushed(state: State, out: Output[]): void {
+  state.flushes++;
+  if (state.overBound.size > 0) {
+    const over = [...state.overBound];
+    state.overBound.clear();
+    for (const session of over) if (state.sessions.get(session.key) === session) trimReplay(state, out, session);
+  }
+  if (state.heldWaiting.size === 0) return;
+  const waiting = [...state.heldWaiting];
+  state.heldWaiting.clear();
+  for (const session of waiting) {
+    const conn = session.conn;
+    if (conn === null || state.sessions.get(session.key) !== session) continue;
+    if (conn.backlog > 0) state.heldWaiting.add(session);
+    else deliverHeld(state, out, session);
+  }
+}
+
 /** The host reported what its transport holds for a connection. */
 function backlog(state: State, out: Output[], id: ConnId, bytes: number, unflushedFrom: number, now: number): void {
   const conn = state.conns.get(id);
@@ -202,7 +225,7 @@ function backlog(state: State, out: Output[], id: ConnId, bytes: number, unflush
 function cutSlowConsumer(state: State, out: Output[], conn: Conn, reason: string, now: number): void {
   if (conn.closing) return;
   state.counters.slowConsumers++;
-  if (conn.session) forgetUnflushed(conn, conn.session);
+  if (conn.session) forgetUnflushed(state, conn, conn.session);
   reject(state, out, conn, Close.SLOW_CONSUMER, reason, now);
 }
 
@@ -233,7 +256,7 @@ function transportClosed(state: State, out: Output[], id: ConnId, code: number |
   }
   if (!session) return;
   // Whatever the transport still held died with it.
-  forgetUnflushed(conn, session);
+  forgetUnflushed(state, conn, session);
   detach(state, conn, session);
   // A client that closes with 1000 or 1001 is saying goodbye, as on Discord's gateway.
   if (code === 1000 || code === 1001) endSession(state, out, session, now);
@@ -391,7 +414,7 @@ function admit(state: State, out: Output[], conn: Conn, d: Identify, claims: Cla
     if (session.conn) {
       const old = session.conn;
       fail(state, out, old, Close.CONFLICT, TAKEN_OVER_TEXT);
-      forgetUnflushed(old, session);
+      forgetUnflushed(state, old, session);
       detach(state, old, session);
     }
   } else {
@@ -599,10 +622,12 @@ function shutdown(state: State, out: Output[]): void {
   }
   // A reader still behind cannot drain before the process exits: what its
   // transport holds is dropped with it and counts as never written.
+  // Frames still queued in the host are written right after this step; only
+  // what the transport already holds is in doubt.
   const behind: Conn[] = [];
   for (const conn of state.conns.values()) {
     if (conn.closing || conn.backlog === 0 || !conn.session) continue;
-    forgetUnflushed(conn, conn.session);
+    if (conn.unflushedFrom !== Infinity) conn.session.writtenUpTo = Math.min(conn.session.writtenUpTo, conn.unflushedFrom - 1);
     behind.push(conn);
   }
   for (const session of state.sessions.values()) {

@@ -62,6 +62,8 @@ export type DispatchResult =
 /** How often transports that are behind are looked at again when nothing else writes to them. */
 const BACKLOG_RECHECK_MS = 50;
 const DEFAULT_CLOSE_GRACE_MS = 2_000;
+/** Rounds of writing one flush makes for what its own steps queued; the rest waits a turn. */
+const MAX_FLUSH_ROUNDS = 8;
 
 /** One frame the transport may still hold: its bytes on the wire, and its `s` if it is a routed event. */
 interface Pending {
@@ -80,6 +82,8 @@ class Peer {
   /** Bytes last reported to the core (0: nothing held). */
   reported = 0;
   reportedFrom = Infinity;
+  /** Looked at in the current flush round already. */
+  observed = false;
   closed = false;
   constructor(
     readonly conn: ConnId,
@@ -114,6 +118,7 @@ export class Hub {
   private stepping = false;
   private readonly toFlush: Peer[] = [];
   private flushScheduled = false;
+  private flushing = false;
   private readonly behind = new Set<Peer>();
   private recheck: ReturnType<typeof setTimeout> | undefined;
   private readonly flushAll = () => this.flush();
@@ -186,6 +191,11 @@ export class Hub {
   closed(conn: ConnId, code?: number): void {
     const peer = this.peers.get(conn);
     if (!peer) return;
+    // What the transport held a moment ago may have been handed over since: tell the core first.
+    if (this.behind.has(peer) && this.observe(peer)) {
+      this.run({ type: 'backlog', now: this.now(), conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
+    }
+    peer.observed = false;
     this.peers.delete(conn);
     peer.closed = true;
     this.behind.delete(peer);
@@ -263,13 +273,17 @@ export class Hub {
       this.armedAt = deadline;
       this.arm(deadline);
     }
-    if (this.toFlush.length > 0 && !this.flushScheduled) {
-      if (this.schedule) {
-        this.flushScheduled = true;
-        this.schedule(this.flushAll);
-      } else this.flush();
-    }
+    // A step run by the flush itself (a report) is written by that flush's next round.
+    if (this.toFlush.length > 0 && !this.flushing) this.requestFlush();
     return outputs;
+  }
+
+  private requestFlush(): void {
+    if (this.flushScheduled) return;
+    if (this.schedule) {
+      this.flushScheduled = true;
+      this.schedule(this.flushAll);
+    } else this.flush();
   }
 
   private stepOnce(input: Input): Output[] {
@@ -345,20 +359,38 @@ export class Hub {
   }
 
   /** Writes every queued frame, then tells the core about transports that are (or were) behind. */
+  /**
+   * Writes every queued frame, tells the core what each transport that is
+   * (or was) behind still holds (`backlog`), then that the frames left the
+   * hub (`flushed`). Steps run
+   * here can queue more (a cut's NO_U_TBH, the next batch of held events):
+   * a few more rounds write them, and anything left waits for the next turn.
+   */
   private flush(): void {
     this.flushScheduled = false;
-    // Reports can cut a connection, which queues its NO_U_TBH: write until nothing is left.
-    for (let round = 0; round < 4 && (this.toFlush.length > 0 || this.behind.size > 0); round++) {
-      const peers = this.toFlush.splice(0);
-      for (const peer of peers) this.write(peer);
-      const reports: Peer[] = [];
-      for (const peer of peers) if (this.observe(peer)) reports.push(peer);
-      for (const peer of this.behind) if (!peers.includes(peer) && this.observe(peer)) reports.push(peer);
-      for (const peer of reports) {
-        this.run({ type: 'backlog', now: this.now(), conn: peer.conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
+    if (this.flushing) return;
+    this.flushing = true;
+    try {
+      for (let round = 0; round < MAX_FLUSH_ROUNDS; round++) {
+        const peers = this.toFlush.splice(0);
+        if (peers.length === 0 && this.behind.size === 0) break;
+        for (const peer of peers) this.write(peer);
+        const reports: Peer[] = [];
+        for (const peer of peers) if (this.observe(peer)) reports.push(peer);
+        for (const peer of this.behind) if (!peer.observed && this.observe(peer)) reports.push(peer);
+        for (const peer of peers) peer.observed = false;
+        for (const peer of this.behind) peer.observed = false;
+        for (const peer of reports) {
+          this.run({ type: 'backlog', now: this.now(), conn: peer.conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
+        }
+        // After the reports, so the core knows what the transports hold when it trims replay buffers.
+        if (peers.length > 0) this.run({ type: 'flushed', now: this.now() });
+        if (this.toFlush.length === 0) break;
       }
-      if (reports.length === 0) break;
+    } finally {
+      this.flushing = false;
     }
+    if (this.toFlush.length > 0) setTimeout(this.flushAll, 0);
     if (this.behind.size > 0 && this.recheck === undefined) {
       this.recheck = setTimeout(() => {
         this.recheck = undefined;
@@ -389,6 +421,7 @@ export class Hub {
    * bytes written) and returns whether the core must hear of it.
    */
   private observe(peer: Peer): boolean {
+    peer.observed = true;
     if (peer.closed) return false;
     const bytes = peer.socket.buffered();
     if (bytes === 0) {

@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import type { TestClient } from './client.ts';
 import {
+  connect,
   dispatchFrame,
   droppedOnServer,
   expectError,
@@ -80,6 +81,24 @@ for (const runtime of RUNTIMES) {
       ]);
     });
 
+    it('NERVE_SESSION comes right after WELCOME on a resume: resumed, the last s, how many follow', async () => {
+      const { app, sender } = await droppedAfterThree(server());
+      await send(sender, 'EV', { app_name: app, client_id: 'r' }, 4);
+      const back = await identified(server(), app, 'r', { reconnect: true, seq: 2 });
+      const frames = await back.sync();
+      expect(frames[0]).toEqual({ op: 8, e: 'NERVE_SESSION', d: { resumed: true, s: 4, replayed: 2, missed: 0 } });
+      expect(frames.slice(1).map((f) => f.s)).toEqual([3, 4]);
+    });
+
+    it('a seq ahead of the session is refused with 4400; the session stays resumable', async () => {
+      const { app } = await droppedAfterThree(server());
+      const { client } = await connect(server());
+      client.send({ op: 1, d: { app_name: app, client_id: 'r', password: server().password, reconnect: true, seq: 99 } });
+      await expectError(client, 4400, 'IDENTIFY: seq 99 is ahead of the session, whose last s is 3');
+      const back = await identified(server(), app, 'r', { reconnect: true, seq: 3 });
+      expect((await back.sync())[0]).toMatchObject({ e: 'NERVE_SESSION', d: { resumed: true, s: 3 } });
+    });
+
     it('reconnect:true with seq equal to the last s replays nothing', async () => {
       const { app } = await droppedAfterThree(server());
       const back = await identified(server(), app, 'r', { reconnect: true, seq: 3 });
@@ -106,7 +125,7 @@ for (const runtime of RUNTIMES) {
     it('reconnect:true with no existing session is a plain IDENTIFY', async () => {
       const app = uid('none');
       const client = await identified(server(), app, 'r', { reconnect: true, seq: 10 });
-      expect(await client.sync()).toEqual([]);
+      expect(await client.sync()).toEqual([{ op: 8, e: 'NERVE_SESSION', d: { resumed: false, s: 0, replayed: 0 } }]);
       const sender = await identified(server(), uid('src'), 's');
       await send(sender, 'EV', { app_name: app, client_id: 'r' }, 1);
       expect(await client.event('EV')).toMatchObject({ s: 1 });

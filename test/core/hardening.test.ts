@@ -95,6 +95,60 @@ describe('slow consumers', () => {
   });
 });
 
+describe('behind a host that batches its writes', () => {
+  it('a burst larger than the replay buffer between two flushes is not a slow reader: the buffer is trimmed after the flush', () => {
+    const sim = pair({ replayMaxCount: 3 });
+    sim.flushed();
+    const events = [];
+    for (let i = 1; i <= 8; i++) events.push(...sim.dispatch(1, 'E', i, to('g'), `n${i}`));
+    expect(events.some((e) => 'close' in e)).toBe(false);
+    expect(sim.state.sessions.get('gw\u0000g')!.replay.length).toBe(8);
+    expect(sim.flushed()).toEqual([]);
+    expect(sim.state.sessions.get('gw\u0000g')!.replay.length).toBe(3);
+  });
+
+  it('the same burst while the transport holds it is a slow reader: cut at the flush, what it held replayed', () => {
+    const sim = pair({ replayMaxCount: 3, maxOutbound: 1_000_000 });
+    sim.flushed();
+    for (let i = 1; i <= 8; i++) sim.dispatch(1, 'E', i, to('g'), `n${i}`);
+    sim.backlog(2, 600, 4);
+    const events = sim.flushed();
+    expect(events.filter((e) => 'close' in e)).toEqual([{ conn: 2, close: 4507, reason: 'slow consumer: more than its replay buffer (3 events) unread' }]);
+    expect(undeliverable(events, 1)).toEqual(['n4', 'n5']);
+    sim.close(2);
+    sim.open(3);
+    expect(ids(sim.send(3, { op: 1, d: { app_name: 'gw', client_id: 'g', password: 'pw', reconnect: true, seq: 3 } }), 3)).toEqual([
+      "hi i'm dad",
+      'SESSION',
+      6,
+      7,
+      8,
+    ]);
+  });
+
+  it('events still queued in the host when the connection drops count as never written', () => {
+    const sim = pair({ resumeWindow: 1_000, queueTtl: 5_000 });
+    sim.flushed();
+    sim.dispatch(1, 'E', 1, to('g'));
+    sim.flushed();
+    sim.dispatch(1, 'E', 2, to('g'));
+    sim.close(2, 1006);
+    sim.advance(1_000);
+    expect(ids(sim.connect(4, 'gw', 'g'), 4)).toEqual([2]);
+  });
+
+  it('held events go out half a replay buffer per flush, the rest after each flush', () => {
+    const sim = new Sim({ replayMaxCount: 4 });
+    sim.connect(1, 'api', 'a');
+    sim.flushed();
+    for (let i = 1; i <= 5; i++) sim.dispatch(1, 'E', i, { app_name: 'gw' });
+    expect(ids(sim.connect(2, 'gw', 'g'), 2)).toEqual([1, 2]);
+    expect(ids(sim.flushed(), 2)).toEqual([3, 4]);
+    expect(ids(sim.flushed(), 2)).toEqual([5]);
+    expect(sim.flushed()).toEqual([]);
+  });
+});
+
 describe('the memory budget', () => {
   it('a dispatch that would be held past NERVE_MAX_MEMORY is undeliverable at once: hub is full', () => {
     const sim = new Sim({ maxMemory: 3_000 });

@@ -107,6 +107,11 @@ export class Sim {
     return this.quiet(this.run({ type: 'close', now: this.now, conn, code }));
   }
 
+  /** The host wrote everything queued (a batching host, once per flush). */
+  flushed(): Event[] {
+    return this.quiet(this.run({ type: 'flushed', now: this.now }));
+  }
+
   /** The host reports what its transport still holds for a connection. */
   backlog(conn: number, bytes: number, unflushedFrom: number): Event[] {
     return this.quiet(this.run({ type: 'backlog', now: this.now, conn, bytes, unflushedFrom }));
