@@ -21,9 +21,9 @@ export class ConfigError extends Error {}
 
 type Env = Record<string, string | undefined>;
 
-function integer(env: Env, name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+function integer(env: Env, name: string, fallback: number | (() => number), min: number, max = Number.MAX_SAFE_INTEGER): number {
   const raw = env[name];
-  if (raw === undefined || raw === '') return fallback;
+  if (raw === undefined || raw === '') return typeof fallback === 'function' ? fallback() : fallback;
   const value = Number(raw.trim());
   if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(value) || value < min || value > max) {
     const range = max === Number.MAX_SAFE_INTEGER ? `an integer ≥ ${min}` : `an integer from ${min} to ${max}`;
@@ -59,13 +59,21 @@ export function defaultMaxMemory(): number {
   type Process = { versions?: Record<string, string>; getBuiltinModule?: (name: string) => unknown };
   const proc = (globalThis as { process?: Process }).process;
   if (!proc?.getBuiltinModule) return ISOLATE_BUDGET;
-  const os = proc.getBuiltinModule('os') as { totalmem?: () => number } | undefined;
-  const total = os?.totalmem?.() ?? 0;
+  const total = ask(() => (proc.getBuiltinModule!('os') as { totalmem(): number }).totalmem());
   if (proc.versions?.bun !== undefined) return total > 0 ? Math.floor(total / 8) : ISOLATE_BUDGET;
-  const v8 = proc.getBuiltinModule('v8') as { getHeapStatistics?: () => { heap_size_limit?: number } } | undefined;
-  const heap = v8?.getHeapStatistics?.().heap_size_limit ?? 0;
+  const heap = ask(() => (proc.getBuiltinModule!('v8') as { getHeapStatistics(): { heap_size_limit: number } }).getHeapStatistics().heap_size_limit);
   const limits = [heap, total].filter((n) => n > 0);
   return limits.length === 0 ? ISOLATE_BUDGET : Math.floor(Math.min(...limits) / 4);
+}
+
+/** A figure the runtime may refuse to give (Deno without --allow-sys): 0 then. */
+function ask(figure: () => number): number {
+  try {
+    const value = figure();
+    return typeof value === 'number' && Number.isFinite(value) ? value : 0;
+  } catch {
+    return 0;
+  }
 }
 
 function tokenSettings(env: Env): TokenSettings | undefined {
@@ -145,7 +153,7 @@ export function loadConfig(env: Env, worker: string = newWorkerId()): HostConfig
     maxQueryTerms: integer(env, 'NERVE_MAX_QUERY_TERMS', DEFAULT_LIMITS.maxQueryTerms, 1),
     maxQueryConditions: integer(env, 'NERVE_MAX_QUERY_CONDITIONS', DEFAULT_LIMITS.maxQueryConditions, 1),
     maxOutbound: integer(env, 'NERVE_MAX_OUTBOUND', DEFAULT_LIMITS.maxOutbound, 1024),
-    maxMemory: integer(env, 'NERVE_MAX_MEMORY', defaultMaxMemory(), 1024),
+    maxMemory: integer(env, 'NERVE_MAX_MEMORY', defaultMaxMemory, 1024),
     maxConnections: integer(env, 'NERVE_MAX_CONNECTIONS', DEFAULT_LIMITS.maxConnections, 1),
     maxUnidentified: integer(env, 'NERVE_MAX_UNIDENTIFIED', DEFAULT_LIMITS.maxUnidentified, 1),
     authFailures: integer(env, 'NERVE_AUTH_FAILURES', DEFAULT_LIMITS.authFailures, 0),
