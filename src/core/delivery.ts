@@ -6,6 +6,7 @@
 // `Conn.unflushedFrom`), and every byte kept is counted against the budget.
 
 import type { Output } from './io.ts';
+import type { QueryWork } from './query.ts';
 import { ACK_EVENT, Op, UNDELIVERABLE_EVENT } from './protocol.ts';
 import { pickRendezvous, pickRoundRobin } from './select.ts';
 import {
@@ -41,8 +42,20 @@ export function hubFullReason(state: State): string {
   return `hub is full: its memory budget of ${state.config.maxMemory} bytes is in use`;
 }
 
-export function matches(session: Session, msg: Routed): boolean {
-  return msg.test === undefined || msg.test(session.metadata);
+export function matches(session: Session, msg: Routed, work?: QueryWork): boolean {
+  return msg.test === undefined || msg.test(session.metadata, work);
+}
+
+/** A fresh budget for one dispatch's query (NERVE_MAX_QUERY_WORK), or none without a query. */
+function queryWork(state: State, msg: Routed): QueryWork | undefined {
+  return msg.test === undefined ? undefined : { left: state.config.maxQueryWork };
+}
+
+/** A query that would look at more values than a dispatch may: refused whole, never half delivered. */
+function tooCostly(state: State, out: Output[], msg: Routed): Outcome {
+  const reason = `query too costly: it would look at more than ${state.config.maxQueryWork} metadata values across the clients of ${msg.target.app_name}`;
+  undeliverable(state, out, msg, reason);
+  return NONE;
 }
 
 /**
@@ -278,6 +291,7 @@ export function deliverHeld(state: State, out: Output[], session: Session): void
   const app = session.app;
   if (app.held.length === 0 || session.conn === null) return;
   const batching = state.flushes >= 0;
+  const work = { left: state.config.maxQueryWork };
   const maxCount = Math.max(1, state.config.replayMaxCount >> 1);
   const maxBytes = Math.max(1, state.config.replayMaxBytes >> 1);
   let delivered = 0;
@@ -286,7 +300,11 @@ export function deliverHeld(state: State, out: Output[], session: Session): void
     const msg = held.msg;
     if (held.done) continue;
     if (msg.target.client_id !== undefined ? msg.target.client_id !== session.clientId : msg.senderKey === session.key) continue;
-    if (!matches(session, msg)) continue;
+    if (!matches(session, msg, work)) {
+      // The rest stays held, for the next chance or its TTL.
+      if (work.left < 0) break;
+      continue;
+    }
     if (batching && delivered > 0 && (delivered >= maxCount || bytes + msg.bytes > maxBytes)) {
       state.heldWaiting.add(session);
       break;
@@ -327,27 +345,36 @@ export function route(state: State, out: Output[], msg: Routed, now: number): Ou
 function routeTo(state: State, out: Output[], msg: Routed, now: number): Outcome {
   state.counters.dispatches++;
   const target = msg.target;
+  const work = queryWork(state, msg);
   if (target.client_id !== undefined) {
     const session = state.apps.get(target.app_name)?.byClient.get(target.client_id);
-    if (session && matches(session, msg)) {
+    if (session && matches(session, msg, work)) {
       if (deliver(state, out, session, msg)) return ONE;
       undeliverable(state, out, msg, hubFullReason(state));
       return NONE;
     }
+    if (work !== undefined && work.left < 0) return tooCostly(state, out, msg);
     return hold(state, out, msg, now) ? HELD : NONE;
   }
   const app = state.apps.get(target.app_name);
   if (target.mode === 'all') {
     if (!app) return NONE;
     let delivered = 0;
-    for (const session of app.sessions) {
-      if (session.key === msg.senderKey || !matches(session, msg)) continue;
-      if (deliver(state, out, session, msg)) delivered++;
+    if (work === undefined) {
+      for (const session of app.sessions) {
+        if (session.key !== msg.senderKey && deliver(state, out, session, msg)) delivered++;
+      }
+    } else {
+      // Every recipient is found before any is handed the event, so a spent budget refuses it whole.
+      const recipients = app.sessions.filter((session) => session.key !== msg.senderKey && matches(session, msg, work));
+      if (work.left < 0) return tooCostly(state, out, msg);
+      for (const session of recipients) if (deliver(state, out, session, msg)) delivered++;
     }
     return delivered === 1 ? ONE : delivered === 0 ? NONE : { delivered, queued: 0 };
   }
-  const eligible = (session: Session) => session.conn !== null && session.key !== msg.senderKey && matches(session, msg);
+  const eligible = (session: Session) => session.conn !== null && session.key !== msg.senderKey && matches(session, msg, work);
   const picked = app && (target.key === undefined ? pickRoundRobin(app, eligible) : pickRendezvous(app, target.key, eligible));
+  if (work !== undefined && work.left < 0) return tooCostly(state, out, msg);
   if (picked) {
     if (target.key === undefined) touchApp(state, app!); // the round-robin cursor moved
     deliver(state, out, picked, msg);

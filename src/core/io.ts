@@ -88,6 +88,8 @@ export interface Limits {
   maxQueryTerms: number;
   /** operators applied to fields in one query (a bare value is one `$eq`): what a match costs. */
   maxQueryConditions: number;
+  /** metadata values one dispatch's query may look at across all the clients it is tested on. */
+  maxQueryWork: number;
   /** bytes written to a connection that its transport has not yet handed to the OS; over it → slow consumer. */
   maxOutbound: number;
   /** bytes of held events, replay buffers and metadata across the whole hub. */
@@ -121,6 +123,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxQueryOperands: 256,
   maxQueryTerms: 512,
   maxQueryConditions: 16,
+  maxQueryWork: 250_000,
   maxOutbound: 8 * 1_048_576,
   maxMemory: 1024 * 1_048_576,
   maxConnections: 20_000,

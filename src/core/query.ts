@@ -4,7 +4,21 @@
 
 import { DEFAULT_LIMITS } from './io.ts';
 
-export type MetadataTest = (metadata: Record<string, unknown>) => boolean;
+/**
+ * Values one dispatch's query may still look at, across every client it is
+ * tested on (NERVE_MAX_QUERY_WORK): what bounds a dispatch's time whatever the
+ * metadata holds. A test that spends the rest sets `left` below 0 and answers false.
+ */
+export interface QueryWork {
+  left: number;
+}
+
+export type MetadataTest = (metadata: Record<string, unknown>, work?: QueryWork) => boolean;
+
+/** For a test run outside any dispatch's budget. */
+const UNLIMITED: QueryWork = { left: Infinity };
+/** Thrown out of a walk when the budget is spent; never escapes the compiled test. */
+const OUT_OF_WORK = new Error('query work budget spent');
 
 export interface QueryLimits {
   /** nesting levels of objects and arrays; a dotted field `a.b.c` counts as three. */
@@ -644,22 +658,27 @@ class Field {
     this.numeric = this.path.map((segment) => !Number.isNaN(Number(segment)));
   }
 
-  test(metadata: unknown): boolean {
+  test(metadata: unknown, work: QueryWork): boolean {
     for (const op of this.ops) reset(op);
     this.keep = false;
     this.done = false;
+    this.work = work;
     try {
       this.walk(metadata);
     } finally {
       // A compiled query lives as long as a held event: keep no session's metadata alive.
       this.items.fill(undefined);
       this.owners.fill(undefined);
+      this.work = UNLIMITED;
     }
     return this.keep;
   }
 
+  private work: QueryWork = UNLIMITED;
+
   /** Gives one value to the operations; false once they are settled, which ends the walk. */
   private visit(item: unknown, key: Key, owner: unknown, leaf: boolean): boolean {
+    if (--this.work.left < 0) throw OUT_OF_WORK;
     const ops = this.ops;
     if (ops.length === 1) {
       // groupNext with one operation, which is most fields.
@@ -775,7 +794,7 @@ function build(query: JsonObject): Group {
 }
 
 /** Evaluates the groups with an explicit stack: `and` stops at a false, `or` and `nor` at a true. */
-function evaluate(root: Group, metadata: unknown): boolean {
+function evaluate(root: Group, metadata: unknown, work: QueryWork): boolean {
   const stack: { group: Group; next: number }[] = [{ group: root, next: 0 }];
   let result = false;
   let returned = false;
@@ -796,7 +815,7 @@ function evaluate(root: Group, metadata: unknown): boolean {
     }
     const child = children[top.next++]!;
     if (child instanceof Field) {
-      result = child.test(metadata);
+      result = child.test(metadata, work);
       returned = true;
     } else {
       stack.push({ group: child, next: 0 });
@@ -811,12 +830,13 @@ function evaluate(root: Group, metadata: unknown): boolean {
  */
 export function compileQuery(query: Record<string, unknown>, limits: QueryLimits): MetadataTest {
   const root = build(checkQuery(query, limits));
-  return (metadata) => {
+  return (metadata, work = UNLIMITED) => {
     try {
-      return evaluate(root, metadata);
-    } catch {
+      return evaluate(root, metadata, work);
+    } catch (error) {
       // Nothing checked above should throw here; if it ever does, no session matches
       // rather than some of a fan-out going out and the rest not.
+      if (error === OUT_OF_WORK) work.left = -1;
       return false;
     }
   };

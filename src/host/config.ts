@@ -152,6 +152,7 @@ export function loadConfig(env: Env, worker: string = newWorkerId()): HostConfig
     maxQueryOperands: integer(env, 'NERVE_MAX_QUERY_OPERANDS', DEFAULT_LIMITS.maxQueryOperands, 1),
     maxQueryTerms: integer(env, 'NERVE_MAX_QUERY_TERMS', DEFAULT_LIMITS.maxQueryTerms, 1),
     maxQueryConditions: integer(env, 'NERVE_MAX_QUERY_CONDITIONS', DEFAULT_LIMITS.maxQueryConditions, 1),
+    maxQueryWork: integer(env, 'NERVE_MAX_QUERY_WORK', DEFAULT_LIMITS.maxQueryWork, 1),
     maxOutbound: integer(env, 'NERVE_MAX_OUTBOUND', DEFAULT_LIMITS.maxOutbound, 1024),
     maxMemory: integer(env, 'NERVE_MAX_MEMORY', defaultMaxMemory, 1024),
     maxConnections: integer(env, 'NERVE_MAX_CONNECTIONS', DEFAULT_LIMITS.maxConnections, 1),

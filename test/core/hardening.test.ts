@@ -233,3 +233,45 @@ describe('HTTP dispatch', () => {
     expect(sim.httpDispatch({ e: 'A', to: { app_name: 'x', mode: 'all' } })).toEqual([{ dispatched: { delivered: 0, queued: 0 } }]);
   });
 });
+
+describe('the work one query may cause', () => {
+  const users = (n: number) => Array.from({ length: n }, (_, i) => `u${i}`);
+
+  it('a query that would look at more metadata values than NERVE_MAX_QUERY_WORK is refused whole', () => {
+    const sim = new Sim({ maxQueryWork: 1_000 });
+    sim.connect(1, 'api', 'a');
+    for (let i = 0; i < 5; i++) sim.connect(10 + i, 'gw', `g${i}`, { metadata: { users: users(300) } });
+    const events = sim.dispatch(1, 'E', 1, { app_name: 'gw', mode: 'all', query: { users: 'nobody-has-me' } }, 'n1');
+    expect(framesTo(events, 1)).toEqual([
+      {
+        op: 8,
+        e: 'NERVE_UNDELIVERABLE',
+        nonce: 'n1',
+        d: { reason: 'query too costly: it would look at more than 1000 metadata values across the clients of gw', e: 'E' },
+      },
+      { op: 8, e: 'NERVE_ACK', nonce: 'n1', d: { delivered: 0, queued: 0 } },
+    ]);
+    // Nobody got part of it.
+    expect(events.filter((e) => 'frame' in e && e.conn !== 1)).toEqual([]);
+  });
+
+  it('within the budget the same query is delivered', () => {
+    const sim = new Sim({ maxQueryWork: 10_000 });
+    sim.connect(1, 'api', 'a');
+    for (let i = 0; i < 5; i++) sim.connect(10 + i, 'gw', `g${i}`, { metadata: { users: users(300) } });
+    expect(framesTo(sim.dispatch(1, 'E', 1, { app_name: 'gw', mode: 'all', query: { users: 'u299' } }, 'n1'), 1).at(-1)).toEqual({
+      op: 8,
+      e: 'NERVE_ACK',
+      nonce: 'n1',
+      d: { delivered: 5, queued: 0 },
+    });
+  });
+
+  it('held events whose queries run out of budget stay held for later, or their TTL', () => {
+    const sim = new Sim({ maxQueryWork: 500, queueTtl: 1_000 });
+    sim.connect(1, 'api', 'a');
+    sim.dispatch(1, 'E', 1, { app_name: 'gw', query: { users: 'u999' } }, 'n1');
+    expect(ids(sim.connect(2, 'gw', 'g', { metadata: { users: users(1_000) } }), 2)).toEqual([]);
+    expect(undeliverable(sim.advance(1_000), 1)).toEqual(['n1']);
+  });
+});
