@@ -1,6 +1,6 @@
 // The frame codecs against what an attacker or another language's msgpack
-// library really sends: every extension type, bin, 64-bit integers, floats,
-// odd map keys, `__proto__`, absurd nesting, zlib bombs, and ordinary round trips.
+// library really sends: every extension type, bin, 64-bit integers, floats, odd
+// map keys, `__proto__`, absurd nesting and width timed in CPU ms, zlib bombs, round trips.
 
 import { Decoder } from '@msgpack/msgpack';
 import fc from 'fast-check';
@@ -9,6 +9,7 @@ import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { checkDepth, DecodeError, decodeFrame, encodeFrame } from '../../src/core/codec.ts';
 import { DEFAULT_LIMITS } from '../../src/core/io.ts';
+import { decodeMsgpack as decodeTrusted } from '../../src/core/msgpack.ts';
 import type { Wire } from '../../src/core/protocol.ts';
 
 const JSON_WIRE: Wire = { format: 'json', compression: 'none' };
@@ -137,6 +138,20 @@ describe('msgpack values JSON cannot carry', () => {
     }
   });
 
+  it('any float bit pattern is refused exactly when it is NaN or ±Infinity', () => {
+    fc.assert(
+      fc.property(fc.boolean(), fc.uint8Array({ minLength: 8, maxLength: 8 }), fc.constantFrom(0x7f, 0xff, 0x00, -1), (wide, bits, high) => {
+        const payload = Array.from(bits.subarray(0, wide ? 8 : 4));
+        if (high >= 0) payload[0] = high;
+        const value = new DataView(Uint8Array.from(payload).buffer)[wide ? 'getFloat64' : 'getFloat32'](0);
+        const frame = inD([wide ? 0xcb : 0xca, ...payload]);
+        if (Number.isFinite(value)) expect(decodeMsgpack(frame)).toEqual({ op: 8, d: { q: value } });
+        else expect(refusal(() => decodeMsgpack(frame)).message).toBe(`msgpack float ${value} at d.q is not allowed: frames carry JSON values only`);
+      }),
+      { numRuns: 2_000 },
+    );
+  });
+
   it('float32 and float64 decode to the double they encode', () => {
     expect(decodeMsgpack(inD([0xca, 0x3d, 0xcc, 0xcc, 0xcd]))).toEqual({ op: 8, d: { q: Math.fround(0.1) } });
     expect(decodeMsgpack(inD([0xcb, 0x3f, 0xb9, 0x99, 0x99, 0x99, 0x99, 0x99, 0x9a]))).toEqual({ op: 8, d: { q: 0.1 } });
@@ -216,6 +231,34 @@ describe('map keys', () => {
       // And it survives the trip out again on every wire.
       for (const wire of WIRES) expect(JSON.stringify(decodeFrame(encodeFrame(decoded, wire), wire, LIMIT))).toBe(JSON.stringify(decoded));
     }
+  });
+
+  it('__proto__ keeps its place among the keys, as JSON.parse leaves it', () => {
+    const json = '{"op":7,"d":{"a":1,"__proto__":{"x":[{"__proto__":2,"y":3}]},"b":2,"7":0}}';
+    const decoded = decodeMsgpack(new Packr({ useRecords: false }).pack(JSON.parse(json))) as { d: Record<string, unknown> };
+    expect(JSON.stringify(decoded)).toBe(JSON.stringify(JSON.parse(json)));
+    expect(Object.keys(decoded.d)).toEqual(['7', 'a', '__proto__', 'b']);
+  });
+
+  it('a key that only resembles __proto__ stays an ordinary key beside the real one', () => {
+    const key = (bytes: number[]) => [0xa0 | bytes.length, ...bytes];
+    const proto = Array.from('__proto__', (c) => c.charCodeAt(0));
+    // A UTF-8-encoded surrogate, then __proto__: malformed text that decodes to U+FFFD×3 and "__proto__".
+    const frame = Uint8Array.from([0x82, ...key([0xed, 0xa0, 0x80, ...proto]), 0x01, ...key(proto), 0x02]);
+    const decoded = decodeMsgpack(frame) as Record<string, unknown>;
+    expect(Object.keys(decoded)).toEqual(['\ufffd\ufffd\ufffd__proto__', '__proto__']);
+    expect(Object.getOwnPropertyDescriptor(decoded, '__proto__')?.value).toBe(2);
+    expect(Object.getPrototypeOf(decoded)).toBe(Object.prototype);
+  });
+
+  it('long, non-ASCII, colliding and float-integer keys all decode as JSON would', () => {
+    const value = { ['k'.repeat(17)]: 1, ['ü'.repeat(40)]: 2, ['x'.repeat(70_000)]: 3, 'Ω': 4, ab: 5, ba: 6, '': 7 };
+    for (let round = 0; round < 2; round++) expect(decodeMsgpack(new Packr({ useRecords: false }).pack(value))).toEqual(value);
+    // Many distinct keys, which evict one another from every cache slot, twice over.
+    const wide = Object.fromEntries(Array.from({ length: 5_000 }, (_, i) => [`k${i}`, i]));
+    for (let round = 0; round < 2; round++) expect(decodeMsgpack(new Packr({ useRecords: false, variableMapSize: true }).pack(wide))).toEqual(wide);
+    // 1.0 as a float64 key is the integer 1, as JavaScript would write it.
+    expect(decodeMsgpack(Uint8Array.from([0x81, 0xcb, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0x01]))).toEqual({ '1': 1 });
   });
 
   it('a __proto__ key does not hide another refusal in the same frame', () => {
@@ -352,6 +395,108 @@ describe('zlib', () => {
   });
 });
 
+describe('no msgpack frame stalls the hub: it is checked byte by byte before anything is built', () => {
+  /** CPU ms of the cheapest of three runs (the machine may be busy; CPU time, not wall time). */
+  function cpuMs(run: () => void): number {
+    let best = Infinity;
+    for (let i = 0; i < 3; i++) {
+      const start = process.cpuUsage();
+      run();
+      const used = process.cpuUsage(start);
+      best = Math.min(best, (used.user + used.system) / 1_000);
+    }
+    return best;
+  }
+
+  /** A frame of exactly `size` bytes: `{"op":8,"d":{"q":[unit, unit, …]}}`, padded with nil. */
+  function filled(unit: number[], size = LIMIT): Uint8Array {
+    const head = inD([]);
+    const count = Math.floor((size - head.length - 5) / unit.length);
+    const frame = new Uint8Array(size).fill(0xc0);
+    frame.set(head);
+    frame.set([0xdd, ...be(BigInt(count + size - head.length - 5 - count * unit.length), 4)], head.length);
+    for (let i = 0, at = head.length + 5; i < count; i++, at += unit.length) frame.set(unit, at);
+    return frame;
+  }
+
+  const containerLimit = (size: number) => 1_024 + Math.floor(size / 3);
+  const tooWide = (size: number) =>
+    `msgpack frame holds more than ${containerLimit(size)} arrays and maps, the most its ${size} bytes allow (1024, plus one per 3 bytes as JSON needs)`;
+  const limitText = `objects and arrays nest deeper than the limit of ${DEFAULT_LIMITS.maxDepth} levels`;
+  // Measured about 0–10 ms on a busy two-core machine; decoding these before the scan took 120–400 ms.
+  const BUDGET_MS = 50;
+
+  it(`a 1 MiB depth bomb is refused at its 33rd level, in under ${BUDGET_MS} ms of CPU`, () => {
+    const bomb = inD(new Uint8Array(LIMIT - 10).fill(0x91));
+    for (const [wire, data] of [[MSGPACK, bomb], [MSGPACK_ZLIB, zlibSync(bomb)]] as const) {
+      expect(refusal(() => decodeFrame(data, wire, LIMIT)).message).toBe(limitText);
+      expect(cpuMs(() => refusal(() => decodeFrame(data, wire, LIMIT)))).toBeLessThan(BUDGET_MS);
+    }
+  });
+
+  it(`1 MiB width bombs of [], {} and [0] are refused before anything is built, in under ${BUDGET_MS} ms of CPU`, () => {
+    for (const unit of [[0x90], [0x80], [0x91, 0x00]]) {
+      const bomb = filled(unit);
+      for (const [wire, data] of [[MSGPACK, bomb], [MSGPACK_ZLIB, zlibSync(bomb)]] as const) {
+        expect(refusal(() => decodeFrame(data, wire, LIMIT)).message).toBe(tooWide(LIMIT));
+        expect(cpuMs(() => refusal(() => decodeFrame(data, wire, LIMIT)))).toBeLessThan(BUDGET_MS);
+      }
+    }
+  });
+
+  it(`a 1 MiB frame that goes wrong only in its last bytes is read once, in under ${BUDGET_MS} ms of CPU`, () => {
+    const frames: [Uint8Array, RegExp][] = [
+      [filled([0xc0]).fill(0xc4, LIMIT - 2, LIMIT - 1).fill(0, LIMIT - 1), /^msgpack bin at d\.q\[\d+\] is not allowed/],
+      [filled([0x81, 0xa1, 0x61, 0x01]).fill(0xc1, LIMIT - 1), /^undecodable msgpack frame/],
+      [filled([0xa1, 0x61]).subarray(0, LIMIT - 1), /^undecodable msgpack frame$/],
+      [filled([0xc0]).fill(0x91, LIMIT - 40, LIMIT - 1).fill(0x90, LIMIT - 1), /^objects and arrays nest deeper/],
+    ];
+    for (const [frame, message] of frames) {
+      expect(refusal(() => decodeMsgpack(frame)).message).toMatch(message);
+      expect(cpuMs(() => refusal(() => decodeMsgpack(frame)))).toBeLessThan(BUDGET_MS);
+    }
+  });
+
+  it('one array or map per 3 bytes, beyond the first 1024: exactly the limit passes, one more is refused', () => {
+    // [[], [], …] of k empty arrays: 5 + k bytes, 1 + k arrays.
+    const frame = (k: number) => Uint8Array.from([0xdd, ...be(BigInt(k), 4), ...new Array(k).fill(0x90)]);
+    let k = 0;
+    while (1 + (k + 1) <= containerLimit(5 + k + 1)) k++;
+    expect(decodeMsgpack(frame(k))).toEqual(new Array(k).fill([]));
+    expect(refusal(() => decodeMsgpack(frame(k + 1))).message).toBe(tooWide(5 + k + 1));
+    // Any frame of up to 1024 arrays and maps passes, however small.
+    expect(decodeMsgpack(Uint8Array.from([0xdc, 0x03, 0xff, ...new Array(1_023).fill(0x80)]))).toEqual(new Array(1_023).fill({}));
+  });
+
+  it('compact data that is not empty containers is never refused for its width', () => {
+    const packr = new Packr({ useRecords: false, variableMapSize: true });
+    const dense = [
+      Array.from({ length: 50_000 }, (_, i) => [i % 100, (i * 7) % 100]),
+      Array.from({ length: 30_000 }, (_, i) => ({ x: i % 100, y: 1 })),
+      new Array(100_000).fill(true),
+      Array.from({ length: 30_000 }, (_, i) => ({ tags: [], n: i % 10 })),
+    ];
+    for (const d of dense) expect(decodeFrame(packr.pack({ op: 8, d }), MSGPACK, 4 * LIMIT)).toEqual({ op: 8, d });
+  });
+
+  it('the client, reading what the hub already bounded, is held to neither limit', () => {
+    const wide = filled([0x90]);
+    expect((decodeTrusted(wide, Infinity) as { d: { q: unknown[] } }).d.q.length).toBe(LIMIT - 15);
+    const deep = inD([...new Array(1_000).fill(0x91), 0xc0]);
+    expect(JSON.stringify(decodeTrusted(deep, Infinity))).toContain('['.repeat(1_000) + 'null');
+  });
+
+  it('the first offending value in the bytes is the one named, even before a truncation', () => {
+    const key = (text: string) => [0xa0 | text.length, ...Array.from(text, (c) => c.charCodeAt(0))];
+    const bin = [0xc4, 0x01, 0x00];
+    const timestamp = ext(-1, [0, 0, 0, 1]);
+    expect(refusal(() => decodeMsgpack(inD([0x82, ...key('a'), ...bin, ...key('b'), ...timestamp]))).message).toMatch(/^msgpack bin at d\.q\.a /);
+    expect(refusal(() => decodeMsgpack(inD([0x82, ...key('a'), ...timestamp, ...key('b'), ...bin]))).message).toMatch(/^msgpack extension type -1 \(timestamp\) at d\.q\.a /);
+    // Three elements promised, one bin given, then the frame ends.
+    expect(refusal(() => decodeMsgpack(inD([0x93, 0x01, ...bin]))).message).toMatch(/^msgpack bin at d\.q\[1\] /);
+  });
+});
+
 describe('malformed input only ever becomes DecodeError', () => {
   it('length bombs, truncation, reserved bytes, trailing bytes, bad UTF-8', () => {
     const cases: [string | Uint8Array, Wire, string][] = [
@@ -384,6 +529,67 @@ describe('malformed input only ever becomes DecodeError', () => {
         },
       ),
       { numRuns: 2_000 },
+    );
+  });
+
+  it('generated msgpack of every form, whole, truncated or mutated: a JSON value as the library reads it, or DecodeError', () => {
+    const reference = new Decoder({ mapKeyConverter: (key) => String(key), useBigInt64: false });
+    const utf8 = new TextEncoder();
+    const sized = (forms: [number, number][], length: number): number[] => {
+      const fits = forms.filter(([, bytes]) => length < 2 ** (8 * bytes));
+      const [head, bytes] = fits[length % fits.length]!;
+      return [head, ...be(BigInt(length), bytes)];
+    };
+    const withLength = (fix: number | undefined, fixMax: number, wide: number[], length: number): number[] =>
+      fix !== undefined && length <= fixMax && length % 2 === 0 ? [fix | length] : sized(wide.map((head, i) => [head, 2 ** i] as [number, number]), length);
+    const { value } = fc.letrec((tie) => ({
+      value: fc.oneof(
+        { depthSize: 'small' },
+        fc.integer({ min: 0, max: 0xff }).filter((b) => b < 0x80 || b >= 0xe0).map((b) => [b]),
+        fc.constantFrom([0xc0], [0xc2], [0xc3]),
+        fc.tuple(fc.constantFrom(0xca, 0xcb, 0xcc, 0xcd, 0xce, 0xcf, 0xd0, 0xd1, 0xd2, 0xd3), fc.uint8Array({ minLength: 8, maxLength: 8 })).map(([head, b]) => [
+          head,
+          ...Array.from(b).slice(0, { 0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8, 0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8 }[head]),
+        ]),
+        fc.string({ maxLength: 40 }).map((text) => {
+          const bytes = Array.from(utf8.encode(text));
+          return [...withLength(bytes.length < 32 ? 0xa0 : undefined, 31, [0xd9, 0xda, 0xdb], bytes.length), ...bytes];
+        }),
+        fc.uint8Array({ maxLength: 6 }).map((b) => [...withLength(undefined, 0, [0xc4, 0xc5, 0xc6], b.length), ...b]),
+        fc.tuple(fc.integer({ min: -128, max: 127 }), fc.uint8Array({ maxLength: 20 })).map(([type, b]) => ext(type, Array.from(b))),
+        fc.array(tie('value') as fc.Arbitrary<number[]>, { maxLength: 5 }).map((items) => [...withLength(0x90, 15, [0xdc, 0xdd], items.length), ...items.flat()]),
+        fc.array(fc.tuple(tie('key') as fc.Arbitrary<number[]>, tie('value') as fc.Arbitrary<number[]>), { maxLength: 4 }).map((entries) => [
+          ...withLength(0x80, 15, [0xde, 0xdf], entries.length),
+          ...entries.flat(2),
+        ]),
+      ),
+      key: fc.oneof(fc.constantFrom([0xa1, 0x61], [0xa1, 0x62], [0xa2, 0x69, 0x64], [0x05], [0xff], [0xcd, 0x01, 0x00]), tie('value') as fc.Arbitrary<number[]>),
+    }));
+    const damaged = fc.oneof(
+      value.map((bytes) => Uint8Array.from(bytes)),
+      fc.tuple(value, fc.nat()).map(([bytes, cut]) => Uint8Array.from(bytes.slice(0, cut % (bytes.length + 1)))),
+      fc.tuple(value, fc.nat(), fc.integer({ min: 0, max: 255 })).map(([bytes, at, byte]) => Uint8Array.from(bytes, (b, i) => (i === at % bytes.length ? byte : b))),
+      fc.tuple(value, value).map(([a, b]) => Uint8Array.from([...a, ...b])),
+    );
+    fc.assert(
+      fc.property(damaged, fc.constantFrom(1, 3, 32), (bytes, maxDepth) => {
+        let decoded: unknown;
+        try {
+          decoded = decodeFrame(bytes, MSGPACK, LIMIT, maxDepth);
+        } catch (error) {
+          expect(error).toBeInstanceOf(DecodeError);
+          return;
+        }
+        let expected: unknown;
+        try {
+          expected = reference.decode(bytes);
+        } catch {
+          // A `__proto__` key, which the library alone refuses.
+          return;
+        }
+        expect(JSON.stringify(decoded)).toBe(JSON.stringify(expected));
+      }),
+      { numRuns: 5_000 },
     );
   });
 });
