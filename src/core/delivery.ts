@@ -199,6 +199,13 @@ export function forgetUnflushed(state: State, conn: Conn, session: Session): voi
   if (from !== Infinity) session.writtenUpTo = Math.min(session.writtenUpTo, from - 1);
 }
 
+/** Events still queued in the host (written since its last flush) count as never written. */
+export function forgetQueued(state: State, conn: Conn, session: Session): void {
+  if (state.flushes >= 0 && conn.writtenInFlush === state.flushes) {
+    session.writtenUpTo = Math.min(session.writtenUpTo, conn.firstSinceFlush - 1);
+  }
+}
+
 /**
  * The oldest `s` not yet handed to the OS: what the transport reported it
  * holds, or what was written since the host's last flush (still in its queue).

@@ -54,6 +54,8 @@ export type Output =
   | { type: 'close'; conn: ConnId; code: CloseCode; reason: string }
   /** Drop the connection now, discarding what the transport still holds (follows a close). */
   | { type: 'terminate'; conn: ConnId }
+  /** Drop the frames queued for this connection that the host has not yet handed to its transport. */
+  | { type: 'discard'; conn: ConnId }
   /** Verify this IDENTIFY token and answer with a `verified` input (signatures are checked by the host). */
   | { type: 'verify'; conn: ConnId; token: string }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; msg: string; fields?: Record<string, unknown> }

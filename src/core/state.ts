@@ -139,6 +139,8 @@ export interface Conn {
    * delivered if the connection dies: they are replayed, requeued or reported.
    */
   unflushedFrom: number;
+  /** The session it held before the server closed it, to settle what its transport still held when it is gone. */
+  lastSession: Session | null;
   /** The flush during which it was last written to, and the first `s` written then (see State.flushes). */
   writtenInFlush: number;
   firstSinceFlush: number;
@@ -271,6 +273,7 @@ export function newConn(id: ConnId, wire: Wire, now: number, tokens: number, rem
     timerAt: 0,
     backlog: 0,
     unflushedFrom: Infinity,
+    lastSession: null,
     writtenInFlush: -1,
     firstSinceFlush: Infinity,
     remote,

@@ -18,6 +18,7 @@ import {
   clearReplay,
   deliverHeld,
   expireHeld,
+  forgetQueued,
   forgetUnflushed,
   hubFullReason,
   noteBacklog,
@@ -208,8 +209,9 @@ function flushed(state: State, out: Output[]): void {
 /** The host reported what its transport holds for a connection. */
 function backlog(state: State, out: Output[], id: ConnId, bytes: number, unflushedFrom: number, now: number): void {
   const conn = state.conns.get(id);
-  if (!conn || conn.closing) return;
+  if (!conn) return;
   noteBacklog(state, conn, bytes, unflushedFrom);
+  if (conn.closing) return;
   const limit = state.config.maxOutbound;
   if (bytes > limit) {
     const held = Number.isFinite(bytes) ? `${bytes} bytes` : 'more than the transport would hold';
@@ -225,7 +227,11 @@ function backlog(state: State, out: Output[], id: ConnId, bytes: number, unflush
 function cutSlowConsumer(state: State, out: Output[], conn: Conn, reason: string, now: number): void {
   if (conn.closing) return;
   state.counters.slowConsumers++;
-  if (conn.session) forgetUnflushed(state, conn, conn.session);
+  // What the host still queues is dropped; what its transport holds goes out
+  // ahead of the close frame, and counts as lost only if the connection is
+  // dropped before it leaves (see transportClosed).
+  out.push({ type: 'discard', conn: conn.id });
+  if (conn.session) forgetQueued(state, conn, conn.session);
   reject(state, out, conn, Close.SLOW_CONSUMER, reason, now);
 }
 
@@ -241,6 +247,7 @@ function cutSlowConsumers(state: State, out: Output[], now: number): void {
 function detach(state: State, conn: Conn, session: Session): void {
   touchSession(state, session);
   conn.session = null;
+  conn.lastSession = session;
   session.conn = null;
   state.connectedClients--;
 }
@@ -253,6 +260,11 @@ function transportClosed(state: State, out: Output[], id: ConnId, code: number |
   if (!conn.closing) {
     state.liveConns--;
     if (!session) state.unidentifiedConns--;
+  }
+  const former = conn.lastSession;
+  if (!session && former && former.conn === null && state.sessions.get(former.key) === former) {
+    // Closed by us, then dropped with events still in its transport: they never left.
+    if (conn.unflushedFrom !== Infinity) former.writtenUpTo = Math.min(former.writtenUpTo, conn.unflushedFrom - 1);
   }
   if (!session) return;
   // Whatever the transport still held died with it.

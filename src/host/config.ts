@@ -122,6 +122,20 @@ function allowedOrigins(env: Env): readonly string[] | '*' | undefined {
   return list;
 }
 
+/**
+ * A resuming client is sent its whole replay buffer at once; an outbound limit
+ * below that would take every such resume for a slow reader.
+ */
+function checkOutbound(config: HostConfig): HostConfig {
+  const burst = config.replayMaxBytes + config.maxPayload;
+  if (config.maxOutbound < burst) {
+    throw new ConfigError(
+      `NERVE_MAX_OUTBOUND must be at least NERVE_REPLAY_MAX_BYTES + NERVE_MAX_PAYLOAD (${burst}), the most a resume sends at once (got ${config.maxOutbound})`,
+    );
+  }
+  return config;
+}
+
 /** Reads and validates the configuration; throws ConfigError naming the first bad variable. */
 export function loadConfig(env: Env, worker: string = newWorkerId()): HostConfig {
   const host = env.NERVE_HOST?.trim() || '127.0.0.1';
@@ -130,7 +144,7 @@ export function loadConfig(env: Env, worker: string = newWorkerId()): HostConfig
   if (password === undefined && !isLoopback(host)) {
     throw new ConfigError(`NERVE_HOST=${host} is not a loopback address: set NERVE_PASSWORD to listen on it`);
   }
-  return {
+  return checkOutbound({
     ...DEFAULT_LIMITS,
     worker,
     host,
@@ -160,7 +174,7 @@ export function loadConfig(env: Env, worker: string = newWorkerId()): HostConfig
     authFailures: integer(env, 'NERVE_AUTH_FAILURES', DEFAULT_LIMITS.authFailures, 0),
     ...optional('tokens', tokenSettings(env)),
     ...optional('allowedOrigins', allowedOrigins(env)),
-  };
+  });
 }
 
 /** `{key: value}` when there is a value, `{}` otherwise (optional fields stay absent, not undefined). */

@@ -84,6 +84,8 @@ class Peer {
   reportedFrom = Infinity;
   /** Looked at in the current flush round already. */
   observed = false;
+  /** Dropped by the hub: its transport's figures are no longer what it held. */
+  terminated = false;
   closed = false;
   constructor(
     readonly conn: ConnId,
@@ -191,8 +193,9 @@ export class Hub {
   closed(conn: ConnId, code?: number): void {
     const peer = this.peers.get(conn);
     if (!peer) return;
-    // What the transport held a moment ago may have been handed over since: tell the core first.
-    if (this.behind.has(peer) && this.observe(peer)) {
+    // What the transport held a moment ago may have been handed over since: tell the core first
+    // (unless it was dropped on purpose, which the core heard of already).
+    if (!peer.terminated && this.behind.has(peer) && this.observe(peer)) {
       this.run({ type: 'backlog', now: this.now(), conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
     }
     peer.observed = false;
@@ -224,6 +227,11 @@ export class Hub {
 
   /** GO_AWAY to everyone; resolves when every socket is closed or after `drainTimeout` ms. */
   async shutdown(drainTimeout: number): Promise<void> {
+    // Readers that are behind are dropped now: what their transports hold must be exact.
+    for (const peer of this.behind) {
+      if (this.observe(peer)) this.run({ type: 'backlog', now: this.now(), conn: peer.conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
+      peer.observed = false;
+    }
     this.run({ type: 'shutdown', now: this.now() });
     this.flush();
     if (this.peers.size > 0) {
@@ -321,7 +329,13 @@ export class Hub {
         this.guard(peer, 'close', () => peer.socket.close(output.code, output.reason));
         if (this.closeGrace > 0) {
           const timer = setTimeout(() => {
-            if (!peer.closed) this.guard(peer, 'terminate', () => peer.socket.terminate());
+            if (peer.closed || peer.terminated) return;
+            // What the transport still holds dies with it: the core must hear of it first.
+            if (this.behind.has(peer) && this.observe(peer)) {
+              this.run({ type: 'backlog', now: this.now(), conn: peer.conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
+            }
+            peer.observed = false;
+            this.terminate(peer);
           }, this.closeGrace);
           (timer as { unref?: () => void }).unref?.();
         }
@@ -329,10 +343,14 @@ export class Hub {
       }
       case 'terminate': {
         const peer = this.peers.get(output.conn);
+        if (peer) this.terminate(peer);
+        return;
+      }
+      case 'discard': {
+        const peer = this.peers.get(output.conn);
         if (!peer) return;
-        peer.frames.length = 0;
-        peer.seqs.length = 0;
-        this.guard(peer, 'terminate', () => peer.socket.terminate());
+        peer.frames = [];
+        peer.seqs = [];
         return;
       }
       case 'verify': {
@@ -347,6 +365,13 @@ export class Hub {
         this.log(output.level, output.msg, output.fields);
         return;
     }
+  }
+
+  private terminate(peer: Peer): void {
+    peer.terminated = true;
+    peer.frames = [];
+    peer.seqs = [];
+    this.guard(peer, 'terminate', () => peer.socket.terminate());
   }
 
   private guard(peer: Peer, what: string, action: () => void): void {

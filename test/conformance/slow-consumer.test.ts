@@ -37,6 +37,8 @@ const FAN_OUT_REPLAY = 16 * MiB;
 
 const SLOW_ENV = {
   NERVE_MAX_OUTBOUND: String(OUTBOUND),
+  // The outbound limit must hold a whole replay buffer (and a frame): a resume sends it at once.
+  NERVE_REPLAY_MAX_BYTES: String(OUTBOUND - Number(FAST_ENV.NERVE_MAX_PAYLOAD)),
   // Room for the flood to finish and the consumer to come back.
   NERVE_RESUME_WINDOW: '20000',
 };
@@ -237,7 +239,12 @@ for (const runtime of RUNTIMES) {
   });
 
   describe(`${runtime}: a slow consumer of a fan-out (replay buffer ${mib(FAN_OUT_REPLAY)})`, () => {
-    const server = useServer(runtime, { ...SLOW_ENV, NERVE_REPLAY_MAX_COUNT: '100000', NERVE_REPLAY_MAX_BYTES: String(FAN_OUT_REPLAY) });
+    const server = useServer(runtime, {
+      ...SLOW_ENV,
+      NERVE_REPLAY_MAX_COUNT: '100000',
+      NERVE_REPLAY_MAX_BYTES: String(FAN_OUT_REPLAY),
+      NERVE_MAX_OUTBOUND: String(FAN_OUT_REPLAY + Number(FAST_ENV.NERVE_MAX_PAYLOAD)),
+    });
 
     it(`${FAN_OUT} × 4 KB mode-all events at a consumer that stopped reading: cut with 4507, every one received once after resuming with seq`, async () => {
       await cutAndResume(server(), 'all', FAN_OUT);

@@ -25,12 +25,32 @@ describe('slow consumers', () => {
     for (let i = 1; i <= 4; i++) sim.dispatch(1, 'E', i, to('g'), `n${i}`);
     // The host handed s 1 and 2 to the OS; 3 and 4 (and more bytes) are still queued.
     expect(sim.backlog(2, 500, 3)).toEqual([]);
-    expect(sim.backlog(2, 1_500, 3)).toEqual(failure(2, 4507, 'slow consumer: 1500 bytes unread, over the limit of 1000'));
+    expect(sim.backlog(2, 1_500, 3)).toEqual([{ conn: 2, discard: true }, ...failure(2, 4507, 'slow consumer: 1500 bytes unread, over the limit of 1000')]);
     expect(sim.state.counters.slowConsumers).toBe(1);
     sim.close(2);
     sim.open(3);
     const frames = sim.send(3, { op: 1, d: { app_name: 'gw', client_id: 'g', password: 'pw', reconnect: true, seq: 2 } });
     expect(ids(frames, 3)).toEqual(["hi i'm dad", 'SESSION', 3, 4]);
+  });
+
+  it('after a cut, what the transport held goes out before the close: read, it counts as delivered', () => {
+    const sim = pair({ resumeWindow: 1_000, queueTtl: 5_000 });
+    for (let i = 1; i <= 3; i++) sim.dispatch(1, 'E', i, to('g'));
+    sim.backlog(2, 5_000, 2);
+    // The client read it all and finished the closing handshake.
+    sim.backlog(2, 0, Infinity);
+    sim.close(2, 4507);
+    sim.advance(1_000);
+    expect(ids(sim.connect(4, 'gw', 'g'), 4)).toEqual([]);
+  });
+
+  it('after a cut, a connection dropped with events still in its transport owes them: requeued when the session ends', () => {
+    const sim = pair({ resumeWindow: 1_000, queueTtl: 5_000 });
+    for (let i = 1; i <= 3; i++) sim.dispatch(1, 'E', i, to('g'));
+    sim.backlog(2, 5_000, 2);
+    sim.close(2);
+    sim.advance(1_000);
+    expect(ids(sim.connect(4, 'gw', 'g'), 4)).toEqual([2, 3]);
   });
 
   it('events the transport held count as unwritten: they are requeued when the session ends', () => {

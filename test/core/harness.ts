@@ -16,7 +16,8 @@ export type Event =
   | { dispatched: { delivered: number; queued: number } }
   | { rejected: string; status: number }
   | { conn: number; terminate: true }
-  | { conn: number; verify: string };
+  | { conn: number; verify: string }
+  | { conn: number; discard: true };
 
 export const JSON_WIRE: Wire = { format: 'json', compression: 'none' };
 
@@ -55,6 +56,8 @@ export class Sim {
         return { conn: output.conn, terminate: true };
       case 'verify':
         return { conn: output.conn, verify: output.token };
+      case 'discard':
+        return { conn: output.conn, discard: true };
     }
   }
 
