@@ -82,7 +82,13 @@ export class NodeSocket implements HubSocket {
     return this.raw.writableLength;
   }
 
+  /**
+   * Half-closes the TCP connection (FIN after what is queued) instead of
+   * destroying it: a destroy with unread input sends a reset, and a reset
+   * makes the peer's kernel discard what it received but had not yet read.
+   * ws destroys the socket after its own close timeout, or when the peer ends.
+   */
   terminate(): void {
-    this.ws.terminate();
+    if (!this.raw.destroyed) this.raw.end();
   }
 }

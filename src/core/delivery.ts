@@ -102,16 +102,19 @@ export function deliver(state: State, out: Output[], session: Session, msg: Rout
  * oldest event is only dropped as delivered once it has left the host: one
  * still queued in the host (written since its last flush) waits for that
  * flush, the buffer over its bounds by one turn's events (State.overBound);
- * one the transport still holds means the reader is a whole buffer behind,
- * so the connection is marked to be cut as a slow consumer (at the end of
- * this step) and the event counts as never written.
+ * one the host still queues after a flush (its transport still busy with an
+ * earlier batch) means the reader is a whole buffer behind, so the
+ * connection is marked to be cut as a slow consumer (at the end of this
+ * step) and the queued events count as never written. Events the transport
+ * holds go out ahead of any close, so they may leave the buffer.
  */
 export function trimReplay(state: State, out: Output[], session: Session): void {
   const { replayMaxCount, replayMaxBytes } = state.config;
   while (session.replay.length > replayMaxCount || (session.replayBytes > replayMaxBytes && session.replay.length > 1)) {
     const conn = session.conn;
     if (conn !== null && session.replayFirst <= session.writtenUpTo) {
-      if (session.replayFirst >= conn.unflushedFrom) markSlow(state, conn, session);
+      // What the transport holds goes out before any close; what the host still queues would be dropped.
+      if (session.replayFirst >= conn.queuedFrom) markSlow(state, conn, session);
       else if (state.flushes >= 0 && conn.writtenInFlush === state.flushes && session.replayFirst >= conn.firstSinceFlush) {
         state.overBound.add(session);
         return;
@@ -138,7 +141,7 @@ function shedWritten(state: State, out: Output[], session: Session): void {
     overBudget(state, 0) &&
     session.replay.length > 1 &&
     session.replayFirst <= session.writtenUpTo &&
-    session.replayFirst < unflushedFrom(state, conn)
+    session.replayFirst < Math.min(conn.queuedFrom, unflushedFrom(state, conn))
   ) {
     evictOldest(state, out, session);
   }
@@ -146,7 +149,7 @@ function shedWritten(state: State, out: Output[], session: Session): void {
 
 /** Connections found a whole replay buffer behind; `step` cuts them once the input is handled. */
 function markSlow(state: State, conn: Conn, session: Session): void {
-  forgetUnflushed(state, conn, session);
+  forgetQueued(state, conn, session);
   if (!state.slowConns.includes(conn)) state.slowConns.push(conn);
 }
 
@@ -188,9 +191,10 @@ export function unwrittenDirected(session: Session): Routed[] {
  * The host reported what the transport still holds for a connection. Events
  * from `unflushedFrom` on are not delivered if the connection dies.
  */
-export function noteBacklog(state: State, conn: Conn, bytes: number, unflushedFrom: number): void {
+export function noteBacklog(state: State, conn: Conn, bytes: number, unflushedFrom: number, queuedFrom = unflushedFrom): void {
   conn.backlog = bytes;
   conn.unflushedFrom = bytes > 0 ? unflushedFrom : Infinity;
+  conn.queuedFrom = bytes > 0 ? queuedFrom : Infinity;
 }
 
 /** A connection that is cut while the transport still holds events: they count as never written. */
@@ -201,9 +205,9 @@ export function forgetUnflushed(state: State, conn: Conn, session: Session): voi
 
 /** Events still queued in the host (written since its last flush) count as never written. */
 export function forgetQueued(state: State, conn: Conn, session: Session): void {
-  if (state.flushes >= 0 && conn.writtenInFlush === state.flushes) {
-    session.writtenUpTo = Math.min(session.writtenUpTo, conn.firstSinceFlush - 1);
-  }
+  const sinceFlush = state.flushes >= 0 && conn.writtenInFlush === state.flushes ? conn.firstSinceFlush : Infinity;
+  const from = Math.min(conn.queuedFrom, sinceFlush);
+  if (from !== Infinity) session.writtenUpTo = Math.min(session.writtenUpTo, from - 1);
 }
 
 /**

@@ -32,17 +32,19 @@ export type Input =
   /** Stop accepting work: GO_AWAY to everyone, close 1001. */
   | { type: 'shutdown'; now: number }
   /**
-   * What the transport holds for a connection after a flush: `bytes` not yet
-   * handed to the OS (Infinity if it dropped a frame), and the `s` of the
-   * oldest routed event among them. Reported when it becomes non-zero, while
-   * it stays non-zero, and when it is zero again.
+   * What the host holds for a connection after a flush: `bytes` not yet
+   * handed to the OS (Infinity if the transport dropped a frame), the `s` of
+   * the oldest routed event among them, and of the oldest still queued in the
+   * host itself (which a cut drops; the transport's part goes out before the
+   * close). Reported when it becomes non-zero, while it stays non-zero, and
+   * when it is zero again.
    */
-  | { type: 'backlog'; now: number; conn: ConnId; bytes: number; unflushedFrom: number }
+  | { type: 'backlog'; now: number; conn: ConnId; bytes: number; unflushedFrom: number; queuedFrom?: number | undefined }
   /**
-   * The host handed every frame queued before this flush to its transports
-   * (a batching host sends one per flush, after that flush's `backlog`
-   * reports). Until a host first sends it, frames count as handed over as
-   * the step returns.
+   * The host wrote the frames queued before this flush (a batching host
+   * sends one per flush, before that flush's `backlog` reports, which say
+   * what still waits). Until a host first sends it, frames count as handed
+   * over as the step returns.
    */
   | { type: 'flushed'; now: number }
   /** The answer to a `verify` output: the token's claims, or why it was refused. */

@@ -115,7 +115,7 @@ export function step(state: State, input: Input): [State, Output[]] {
       shutdown(state, out);
       break;
     case 'backlog':
-      backlog(state, out, input.conn, input.bytes, input.unflushedFrom, input.now);
+      backlog(state, out, input.conn, input.bytes, input.unflushedFrom, input.queuedFrom ?? input.unflushedFrom, input.now);
       break;
     case 'flushed':
       flushed(state, out);
@@ -191,9 +191,12 @@ function reject(state: State, out: Output[], conn: Conn, code: CloseCode, reason
 function flushed(state: State, out: Output[]): void {
   state.flushes++;
   if (state.overBound.size > 0) {
-    const over = [...state.overBound];
-    state.overBound.clear();
-    for (const session of over) if (state.sessions.get(session.key) === session) trimReplay(state, out, session);
+    for (const session of [...state.overBound]) {
+      // A connection that was behind is trimmed when its backlog report follows.
+      if (session.conn !== null && session.conn.backlog > 0) continue;
+      state.overBound.delete(session);
+      if (state.sessions.get(session.key) === session) trimReplay(state, out, session);
+    }
   }
   if (state.heldWaiting.size === 0) return;
   const waiting = [...state.heldWaiting];
@@ -207,11 +210,13 @@ function flushed(state: State, out: Output[]): void {
 }
 
 /** The host reported what its transport holds for a connection. */
-function backlog(state: State, out: Output[], id: ConnId, bytes: number, unflushedFrom: number, now: number): void {
+function backlog(state: State, out: Output[], id: ConnId, bytes: number, unflushedFrom: number, queuedFrom: number, now: number): void {
   const conn = state.conns.get(id);
   if (!conn) return;
-  noteBacklog(state, conn, bytes, unflushedFrom);
+  noteBacklog(state, conn, bytes, unflushedFrom, queuedFrom);
   if (conn.closing) return;
+  const session = conn.session;
+  if (session && state.overBound.delete(session)) trimReplay(state, out, session);
   const limit = state.config.maxOutbound;
   if (bytes > limit) {
     const held = Number.isFinite(bytes) ? `${bytes} bytes` : 'more than the transport would hold';
@@ -247,7 +252,6 @@ function cutSlowConsumers(state: State, out: Output[], now: number): void {
 function detach(state: State, conn: Conn, session: Session): void {
   touchSession(state, session);
   conn.session = null;
-  conn.lastSession = session;
   session.conn = null;
   state.connectedClients--;
 }
@@ -260,11 +264,6 @@ function transportClosed(state: State, out: Output[], id: ConnId, code: number |
   if (!conn.closing) {
     state.liveConns--;
     if (!session) state.unidentifiedConns--;
-  }
-  const former = conn.lastSession;
-  if (!session && former && former.conn === null && state.sessions.get(former.key) === former) {
-    // Closed by us, then dropped with events still in its transport: they never left.
-    if (conn.unflushedFrom !== Infinity) former.writtenUpTo = Math.min(former.writtenUpTo, conn.unflushedFrom - 1);
   }
   if (!session) return;
   // Whatever the transport still held died with it.
@@ -639,7 +638,7 @@ function shutdown(state: State, out: Output[]): void {
   const behind: Conn[] = [];
   for (const conn of state.conns.values()) {
     if (conn.closing || conn.backlog === 0 || !conn.session) continue;
-    if (conn.unflushedFrom !== Infinity) conn.session.writtenUpTo = Math.min(conn.session.writtenUpTo, conn.unflushedFrom - 1);
+    if (conn.queuedFrom !== Infinity) conn.session.writtenUpTo = Math.min(conn.session.writtenUpTo, conn.queuedFrom - 1);
     behind.push(conn);
   }
   for (const session of state.sessions.values()) {

@@ -20,7 +20,12 @@ export interface HubSocket {
   close(code: number, reason: string): void;
   /** Bytes given to send() that the transport has not yet handed to the OS; 0 where the runtime cannot tell. */
   buffered(): number;
-  /** Drops the connection now, discarding unsent frames, without waiting for a closing handshake. */
+  /**
+   * Ends the connection now without waiting for the closing handshake. What
+   * send() was given still goes out ahead of the end (the hub never gives a
+   * transport more than one batch to hold); only the peer reading decides
+   * whether it arrives.
+   */
   terminate(): void;
 }
 
@@ -60,7 +65,7 @@ export type DispatchResult =
   | { ok: false; status: 400 | 429 | 503; error: string };
 
 /** How often transports that are behind are looked at again when nothing else writes to them. */
-const BACKLOG_RECHECK_MS = 50;
+const BACKLOG_RECHECK_MS = 10;
 const DEFAULT_CLOSE_GRACE_MS = 2_000;
 /** Rounds of writing one flush makes for what its own steps queued; the rest waits a turn. */
 const MAX_FLUSH_ROUNDS = 8;
@@ -79,9 +84,10 @@ class Peer {
   /** Frames written while the transport was behind, oldest first, with their total size. */
   held: Pending[] = [];
   heldBytes = 0;
-  /** Bytes last reported to the core (0: nothing held). */
+  /** Bytes last reported to the core (0: nothing held), the oldest `s` among them, and the oldest still waiting here. */
   reported = 0;
   reportedFrom = Infinity;
+  reportedQueued = Infinity;
   /** Looked at in the current flush round already. */
   observed = false;
   /** Dropped by the hub: its transport's figures are no longer what it held. */
@@ -193,12 +199,7 @@ export class Hub {
   closed(conn: ConnId, code?: number): void {
     const peer = this.peers.get(conn);
     if (!peer) return;
-    // What the transport held a moment ago may have been handed over since: tell the core first
-    // (unless it was dropped on purpose, which the core heard of already).
-    if (!peer.terminated && this.behind.has(peer) && this.observe(peer)) {
-      this.run({ type: 'backlog', now: this.now(), conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
-    }
-    peer.observed = false;
+    // The last figures stand: a closed transport no longer says what it held.
     this.peers.delete(conn);
     peer.closed = true;
     this.behind.delete(peer);
@@ -229,7 +230,7 @@ export class Hub {
   async shutdown(drainTimeout: number): Promise<void> {
     // Readers that are behind are dropped now: what their transports hold must be exact.
     for (const peer of this.behind) {
-      if (this.observe(peer)) this.run({ type: 'backlog', now: this.now(), conn: peer.conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
+      if (this.observe(peer)) this.report(peer);
       peer.observed = false;
     }
     this.run({ type: 'shutdown', now: this.now() });
@@ -325,17 +326,11 @@ export class Hub {
         const peer = this.peers.get(output.conn);
         if (!peer) return;
         // NO_U_TBH (or GO_AWAY) was queued just before; it leaves ahead of the close frame.
-        this.write(peer);
+        this.write(peer, true);
         this.guard(peer, 'close', () => peer.socket.close(output.code, output.reason));
         if (this.closeGrace > 0) {
           const timer = setTimeout(() => {
-            if (peer.closed || peer.terminated) return;
-            // What the transport still holds dies with it: the core must hear of it first.
-            if (this.behind.has(peer) && this.observe(peer)) {
-              this.run({ type: 'backlog', now: this.now(), conn: peer.conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
-            }
-            peer.observed = false;
-            this.terminate(peer);
+            if (!peer.closed && !peer.terminated) this.terminate(peer);
           }, this.closeGrace);
           (timer as { unref?: () => void }).unref?.();
         }
@@ -385,9 +380,9 @@ export class Hub {
 
   /** Writes every queued frame, then tells the core about transports that are (or were) behind. */
   /**
-   * Writes every queued frame, tells the core what each transport that is
-   * (or was) behind still holds (`backlog`), then that the frames left the
-   * hub (`flushed`). Steps run
+   * Writes every queued frame, tells the core they left the hub (`flushed`),
+   * then what each transport that is (or was) behind still holds, with what
+   * waits here behind it (`backlog`). Steps run
    * here can queue more (a cut's NO_U_TBH, the next batch of held events):
    * a few more rounds write them, and anything left waits for the next turn.
    */
@@ -400,16 +395,13 @@ export class Hub {
         const peers = this.toFlush.splice(0);
         if (peers.length === 0 && this.behind.size === 0) break;
         for (const peer of peers) this.write(peer);
+        if (peers.length > 0) this.run({ type: 'flushed', now: this.now() });
         const reports: Peer[] = [];
         for (const peer of peers) if (this.observe(peer)) reports.push(peer);
         for (const peer of this.behind) if (!peer.observed && this.observe(peer)) reports.push(peer);
         for (const peer of peers) peer.observed = false;
         for (const peer of this.behind) peer.observed = false;
-        for (const peer of reports) {
-          this.run({ type: 'backlog', now: this.now(), conn: peer.conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom });
-        }
-        // After the reports, so the core knows what the transports hold when it trims replay buffers.
-        if (peers.length > 0) this.run({ type: 'flushed', now: this.now() });
+        for (const peer of reports) this.report(peer);
         if (this.toFlush.length === 0) break;
       }
     } finally {
@@ -425,12 +417,24 @@ export class Hub {
     }
   }
 
-  private write(peer: Peer): void {
+  /**
+   * Hands the peer's queued frames to its transport in one batch — unless the
+   * transport still holds an earlier one: then they wait here, where a cut
+   * can still drop them, so the transport never holds more than one batch.
+   * A close writes what is queued regardless (`force`): it must precede the close frame.
+   */
+  private write(peer: Peer, force = false): void {
     peer.queued = false;
     const frames = peer.frames;
     if (frames.length === 0 || peer.closed) return;
+    if (!force && peer.socket.buffered() > 0) {
+      this.behind.add(peer);
+      return;
+    }
     this.guard(peer, 'send', () => peer.socket.send(frames));
-    if (this.behind.has(peer) || peer.socket.buffered() > 0) {
+    peer.held = [];
+    peer.heldBytes = 0;
+    if (peer.socket.buffered() > 0) {
       for (let i = 0; i < frames.length; i++) {
         const size = wireSize(frames[i]!);
         peer.held.push({ s: peer.seqs[i]!, size });
@@ -442,42 +446,57 @@ export class Hub {
   }
 
   /**
-   * Works out which frames the transport still holds (the last `buffered()`
-   * bytes written) and returns whether the core must hear of it.
+   * Works out what is still the peer's: the frames the transport holds (the
+   * last `buffered()` bytes of its last batch) and those waiting here. Returns
+   * whether the core must hear of it; a transport that has drained gets the
+   * waiting frames at the next round.
    */
   private observe(peer: Peer): boolean {
     peer.observed = true;
     if (peer.closed) return false;
-    const bytes = peer.socket.buffered();
-    if (bytes === 0) {
-      this.behind.delete(peer);
+    const inTransport = peer.socket.buffered();
+    if (inTransport === 0) {
       peer.held = [];
       peer.heldBytes = 0;
-      if (peer.reported === 0) return false;
-      peer.reported = 0;
-      peer.reportedFrom = Infinity;
-      return true;
+      if (peer.frames.length > 0 && !peer.queued) {
+        peer.queued = true;
+        this.toFlush.push(peer);
+      }
+    } else {
+      // Frames wholly handed over leave the front; a frame partly sent is still held.
+      let handedOver = peer.heldBytes - inTransport;
+      let drop = 0;
+      while (drop < peer.held.length && peer.held[drop]!.size <= handedOver) handedOver -= peer.held[drop++]!.size;
+      if (drop > 0) {
+        for (let i = 0; i < drop; i++) peer.heldBytes -= peer.held[i]!.size;
+        peer.held = peer.held.slice(drop);
+      }
     }
-    this.behind.add(peer);
-    // Frames wholly handed over leave the front; a frame partly sent is still held.
-    let handedOver = peer.heldBytes - bytes;
-    let drop = 0;
-    while (drop < peer.held.length && peer.held[drop]!.size <= handedOver) handedOver -= peer.held[drop++]!.size;
-    if (drop > 0) {
-      for (let i = 0; i < drop; i++) peer.heldBytes -= peer.held[i]!.size;
-      peer.held = peer.held.slice(drop);
+    let waiting = 0;
+    let queuedFrom = Infinity;
+    for (let i = 0; i < peer.frames.length; i++) {
+      waiting += wireSize(peer.frames[i]!);
+      if (queuedFrom === Infinity && peer.seqs[i]! > 0) queuedFrom = peer.seqs[i]!;
     }
-    let from = Infinity;
+    let from = queuedFrom;
     for (const pending of peer.held) {
       if (pending.s > 0) {
         from = pending.s;
         break;
       }
     }
-    if (bytes === peer.reported && from === peer.reportedFrom) return false;
+    const bytes = inTransport + waiting;
+    if (bytes === 0) this.behind.delete(peer);
+    else this.behind.add(peer);
+    if (bytes === peer.reported && from === peer.reportedFrom && queuedFrom === peer.reportedQueued) return false;
     peer.reported = bytes;
     peer.reportedFrom = from;
+    peer.reportedQueued = queuedFrom;
     return true;
+  }
+
+  private report(peer: Peer): void {
+    this.run({ type: 'backlog', now: this.now(), conn: peer.conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom, queuedFrom: peer.reportedQueued });
   }
 
   private armTimeout(at: number | undefined): void {

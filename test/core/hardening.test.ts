@@ -36,9 +36,8 @@ describe('slow consumers', () => {
   it('after a cut, what the transport held goes out before the close: read, it counts as delivered', () => {
     const sim = pair({ resumeWindow: 1_000, queueTtl: 5_000 });
     for (let i = 1; i <= 3; i++) sim.dispatch(1, 'E', i, to('g'));
-    sim.backlog(2, 5_000, 2);
-    // The client read it all and finished the closing handshake.
-    sim.backlog(2, 0, Infinity);
+    // All of it in the transport, nothing left in the host: it goes out before the close.
+    sim.backlog(2, 5_000, 2, Infinity);
     sim.close(2, 4507);
     sim.advance(1_000);
     expect(ids(sim.connect(4, 'gw', 'g'), 4)).toEqual([]);
@@ -127,23 +126,23 @@ describe('behind a host that batches its writes', () => {
     expect(sim.state.sessions.get('gw\u0000g')!.replay.length).toBe(3);
   });
 
-  it('the same burst while the transport holds it is a slow reader: cut at the flush, what it held replayed', () => {
+  it('a burst the host still queues behind a busy transport is a slow reader: cut at the report, the queued events replayed', () => {
     const sim = pair({ replayMaxCount: 3, maxOutbound: 1_000_000 });
     sim.flushed();
-    for (let i = 1; i <= 8; i++) sim.dispatch(1, 'E', i, to('g'), `n${i}`);
-    sim.backlog(2, 600, 4);
-    const events = sim.flushed();
+    sim.dispatch(1, 'E', 1, to('g'), 'n1');
+    sim.flushed();
+    sim.backlog(2, 100, 1, Infinity);
+    for (let i = 2; i <= 8; i++) sim.dispatch(1, 'E', i, to('g'), `n${i}`);
+    // Still busy: the host kept 2..8 back, and says so after the flush.
+    expect(sim.flushed()).toEqual([]);
+    const events = sim.backlog(2, 800, 1, 2);
     expect(events.filter((e) => 'close' in e)).toEqual([{ conn: 2, close: 4507, reason: 'slow consumer: more than its replay buffer (3 events) unread' }]);
-    expect(undeliverable(events, 1)).toEqual(['n4', 'n5']);
+    expect(undeliverable(events, 1)).toEqual(['n2', 'n3', 'n4', 'n5']);
     sim.close(2);
     sim.open(3);
-    expect(ids(sim.send(3, { op: 1, d: { app_name: 'gw', client_id: 'g', password: 'pw', reconnect: true, seq: 3 } }), 3)).toEqual([
-      "hi i'm dad",
-      'SESSION',
-      6,
-      7,
-      8,
-    ]);
+    const frames = sim.send(3, { op: 1, d: { app_name: 'gw', client_id: 'g', password: 'pw', reconnect: true, seq: 1 } });
+    expect(ids(frames, 3)).toEqual(["hi i'm dad", 'SESSION', 6, 7, 8]);
+    expect(framesTo(frames, 3)[1]!.d).toEqual({ resumed: true, s: 8, replayed: 3, missed: 4 });
   });
 
   it('events still queued in the host when the connection drops count as never written', () => {

@@ -116,8 +116,8 @@ export class Sim {
   }
 
   /** The host reports what its transport still holds for a connection. */
-  backlog(conn: number, bytes: number, unflushedFrom: number): Event[] {
-    return this.quiet(this.run({ type: 'backlog', now: this.now, conn, bytes, unflushedFrom }));
+  backlog(conn: number, bytes: number, unflushedFrom: number, queuedFrom = unflushedFrom): Event[] {
+    return this.quiet(this.run({ type: 'backlog', now: this.now, conn, bytes, unflushedFrom, queuedFrom }));
   }
 
   httpDispatch(body: unknown): Event[] {
