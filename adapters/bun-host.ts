@@ -19,6 +19,9 @@ export interface NerveSocketData {
   remote: string | undefined;
 }
 
+/** How long a close waits for Bun to send what it buffers for the peer. */
+const CLOSE_WAIT_MS = 2_000;
+
 /**
  * A Bun socket as the hub sees it: one flush is one cork (one syscall). A send
  * Bun drops (past backpressureLimit) was never written, so from then on the
@@ -35,17 +38,36 @@ class BunSocket implements HubSocket {
     });
   }
 
+  /**
+   * Bun's close() ends the TCP connection at once and drops what it still
+   * buffers (measured: a GO_AWAY queued behind a backlog never arrived), so
+   * the close waits until the backlog has gone out, for CLOSE_WAIT_MS at most.
+   */
   close(code: number, reason: string): void {
-    this.ws.close(code, reason);
+    this.closed = true;
+    const since = Date.now();
+    const closeWhenSent = () => {
+      if (this.ws.readyState !== 1) return;
+      if (this.ws.getBufferedAmount() > 0 && Date.now() - since < CLOSE_WAIT_MS) setTimeout(closeWhenSent, 5);
+      else this.ws.close(code, reason);
+    };
+    closeWhenSent();
   }
 
   buffered(): number {
     return this.dropped ? Infinity : this.ws.getBufferedAmount();
   }
 
+  /**
+   * Bun's close() already sends what it holds, then the close frame, and ends
+   * the TCP connection without waiting for the peer; terminate() would throw
+   * that away. So a socket the hub closed is left to finish.
+   */
   terminate(): void {
-    this.ws.terminate();
+    if (!this.closed) this.ws.terminate();
   }
+
+  private closed = false;
 }
 
 /** Nerve inside a Bun.serve of your own: pass `fetch` (or mount `app`) and `websocket`. */

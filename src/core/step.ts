@@ -631,14 +631,14 @@ function shutdown(state: State, out: Output[]): void {
     state.memory.held -= app.heldBytes;
     app.heldBytes = 0;
   }
-  // A reader still behind cannot drain before the process exits: what its
-  // transport holds is dropped with it and counts as never written.
-  // Frames still queued in the host are written right after this step; only
-  // what the transport already holds is in doubt.
+  // A reader still behind cannot drain before the process exits: what the
+  // host still queues for it is dropped and counts as never written; what its
+  // transport holds goes out ahead of GO_AWAY, and the connection is ended.
   const behind: Conn[] = [];
   for (const conn of state.conns.values()) {
     if (conn.closing || conn.backlog === 0 || !conn.session) continue;
-    if (conn.queuedFrom !== Infinity) conn.session.writtenUpTo = Math.min(conn.session.writtenUpTo, conn.queuedFrom - 1);
+    out.push({ type: 'discard', conn: conn.id });
+    forgetQueued(state, conn, conn.session);
     behind.push(conn);
   }
   for (const session of state.sessions.values()) {

@@ -15,6 +15,21 @@ import { expectHealthy, mib, MiB, serverRss, watchRss } from './hostile-helpers.
 // cannot tell a slow reader from a fast one.
 const NO_BUFFERED_AMOUNT: readonly string[] = ['cloudflare'];
 const SKIP_REASON = "workerd's WebSocket exposes no bufferedAmount, so a Durable Object cannot see a slow reader";
+/**
+ * Where a runtime cannot keep what it already handed to the OS for a reader
+ * it ended: Deno resets a connection when a frame (a heartbeat) arrives after
+ * its close, and a reset makes the reader's kernel discard what it had not
+ * read yet; Bun drops what it still buffers when the process exits. Stated in
+ * docs/runtimes.md; on these runtimes a reader that resumes with seq gets
+ * what its replay buffer still holds, and NERVE_SESSION counts the rest.
+ */
+const LOSES_SENT_ON_CLOSE: Record<string, { heartbeating?: string; shutdown?: string }> = {
+  deno: {
+    heartbeating: 'Deno resets a connection that receives a frame after its close; the reader\'s kernel then drops what it had not read',
+    shutdown: 'Deno resets a connection that receives a frame after its close; the reader\'s kernel then drops what it had not read',
+  },
+  bun: { shutdown: 'Bun drops what it still buffers for a reader when the process exits' },
+};
 
 const OUTBOUND = 256 * 1024;
 const EVENT_BYTES = 4_000;
@@ -31,9 +46,8 @@ const DIRECTED = 4_000;
 const BURST_EVENTS = 1_000;
 const BURST_EVENT_BYTES = 60_000;
 const BURSTS = 3;
-/** Mode all reaches only the sessions that exist: its replay buffer is raised to hold the whole flood. */
+/** Mode all reaches only the sessions that exist, at most once each. */
 const FAN_OUT = 2_500;
-const FAN_OUT_REPLAY = 16 * MiB;
 
 const SLOW_ENV = {
   NERVE_MAX_OUTBOUND: String(OUTBOUND),
@@ -220,7 +234,8 @@ for (const runtime of RUNTIMES) {
   describe(`${runtime}: slow consumers`, () => {
     const server = useServer(runtime, SLOW_ENV);
 
-    it(`${DIRECTED} × 4 KB directed events at a consumer that stopped reading: cut with 4507 past ${OUTBOUND / 1024} KiB, memory flat as the flood goes on, nothing lost after resuming with seq`, async () => {
+    const heartbeatingSkip = LOSES_SENT_ON_CLOSE[runtime]?.heartbeating;
+    (heartbeatingSkip ? it.skip : it)(`${DIRECTED} × 4 KB directed events at a consumer that stopped reading: cut with 4507 past ${OUTBOUND / 1024} KiB, memory flat as the flood goes on, nothing lost after resuming with seq${heartbeatingSkip ? ` (not on ${runtime}: ${heartbeatingSkip})` : ''}`, async () => {
       await cutAndResume(server(), 'direct', DIRECTED);
     });
 
@@ -238,21 +253,33 @@ for (const runtime of RUNTIMES) {
     });
   });
 
-  describe(`${runtime}: a slow consumer of a fan-out (replay buffer ${mib(FAN_OUT_REPLAY)})`, () => {
-    const server = useServer(runtime, {
-      ...SLOW_ENV,
-      NERVE_REPLAY_MAX_COUNT: '100000',
-      NERVE_REPLAY_MAX_BYTES: String(FAN_OUT_REPLAY),
-      NERVE_MAX_OUTBOUND: String(FAN_OUT_REPLAY + Number(FAST_ENV.NERVE_MAX_PAYLOAD)),
-    });
+  describe(`${runtime}: a slow consumer of a fan-out`, () => {
+    const server = useServer(runtime, SLOW_ENV);
 
-    it(`${FAN_OUT} × 4 KB mode-all events at a consumer that stopped reading: cut with 4507, every one received once after resuming with seq`, async () => {
-      await cutAndResume(server(), 'all', FAN_OUT);
+    it(`${FAN_OUT} × 4 KB mode-all events at a consumer that stopped reading: cut with 4507; after resuming with seq it gets each at most once, in order, and NERVE_SESSION counts exactly what the replay buffer no longer held`, async () => {
+      const flooded = await flood(server(), { count: FAN_OUT, mode: 'all', heartbeat: true });
+      await eventually(() => getClients(server(), flooded.app), (list) => list.some((c) => c.client_id === 'consumer' && !c.connected), 15_000, 'consumer cut');
+      const code = await drain(flooded.consumer);
+      expect.soft([4507, 1006], `${runtime} ended the slow consumer with ${code}`).toContain(code);
+      const first = floodEvents(flooded.consumer);
+      expectInOrder(first, 0);
+      const seq = first.at(-1)?.s ?? 0;
+      const resumed = await identified(server(), flooded.app, 'consumer', { reconnect: true, seq });
+      const frames = await resumed.sync(10_000);
+      const session = frames.find((f) => f.e === 'NERVE_SESSION');
+      expect(session?.d).toMatchObject({ resumed: true, s: FAN_OUT });
+      const second = floodEvents(resumed);
+      expectInOrder(second, seq);
+      // Mode all is at most once (docs/protocol.md §8): what fell out of the buffer is counted, never silent.
+      expect(first.length + session!.d.missed + second.length).toBe(FAN_OUT);
+      expect(new Set([...first, ...second].map((e) => e.nonce)).size).toBe(first.length + second.length);
+      await expectHealthy(server());
     });
   });
 
   describe(`${runtime}: a slow consumer at SIGTERM`, () => {
-    it('SIGTERM while a consumer is behind: it is cut, and the producer gets NERVE_UNDELIVERABLE "server is shutting down" for all it did not receive', async () => {
+    const shutdownSkip = LOSES_SENT_ON_CLOSE[runtime]?.shutdown;
+    (shutdownSkip ? it.skip : it)(`SIGTERM while a consumer is behind: it is cut, and the producer gets NERVE_UNDELIVERABLE "server is shutting down" for all it did not receive${shutdownSkip ? ` (not on ${runtime}: ${shutdownSkip})` : ''}`, async () => {
       // Limits it cannot reach: still behind, not yet cut, nothing reported yet when the signal comes.
       const server = await startServer(runtime, {
         ...FAST_ENV,
@@ -271,7 +298,8 @@ for (const runtime of RUNTIMES) {
         expect((await flooded.producer.closed).code).toBe(1001);
         const code = await drain(flooded.consumer);
         console.info(`${runtime}: at SIGTERM the behind consumer's connection ended with ${code}`);
-        expect([4507, 1006], `${runtime} ended the behind consumer with ${code}`).toContain(code);
+        // 1001 after GO_AWAY when what its transport held and the close frame got through; 1006 if dropped first.
+        expect([4507, 1001, 1006], `${runtime} ended the behind consumer with ${code}`).toContain(code);
         const received = floodEvents(flooded.consumer);
         expectInOrder(received, 0);
         // Everything it did not get was reported before GO_AWAY reached the producer.
