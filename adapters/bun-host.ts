@@ -122,6 +122,9 @@ export function createBunHandler(input: ConfigInput = process.env, options: Serv
       message(ws, message) {
         hub.receive(ws.data.conn, message);
       },
+      ping(ws) {
+        hub.ping(ws.data.conn);
+      },
       close(ws, code) {
         open.delete(ws);
         hub.closed(ws.data.conn, code);

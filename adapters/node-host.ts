@@ -85,6 +85,7 @@ export function createNodeHandler(input: ConfigInput = process.env, options: Ser
     routeTransportErrors(hub, ws, conn);
     ws.on('message', (data: Buffer, isBinary) => hub.receive(conn, isBinary ? data : data.toString()));
     ws.on('close', (code) => hub.closed(conn, code));
+    ws.on('ping', () => hub.ping(conn));
     ws.on('error', (error: Error & { code?: string }) => {
       // WS_ERR_* are the peer's bad frames, already answered through the protocol.
       if (!error.code?.startsWith('WS_ERR_')) hub.log('warn', 'socket error', { conn, error: error.message });

@@ -47,6 +47,11 @@ export type Input =
    * over as the step returns.
    */
   | { type: 'flushed'; now: number }
+  /**
+   * A WebSocket ping the transport answered by itself, where the runtime
+   * reports one: it counts against the rate limit like any frame.
+   */
+  | { type: 'ping'; now: number; conn: ConnId }
   /** The answer to a `verify` output: the token's claims, or why it was refused. */
   | { type: 'verified'; now: number; conn: ConnId; claims?: Claims | undefined; error?: string | undefined };
 

@@ -120,6 +120,16 @@ export function step(state: State, input: Input): [State, Output[]] {
     case 'flushed':
       flushed(state, out);
       break;
+    case 'ping': {
+      const conn = state.conns.get(input.conn);
+      if (!conn || conn.closing) break;
+      state.counters.framesIn++;
+      // A ping flood is answered like any other flood: NO_U_TBH and 4429, not a dropped socket.
+      if (!allowFrame(state, conn, input.now)) {
+        reject(state, out, conn, Close.RATE_LIMITED, `rate limit exceeded: more than ${state.config.rateLimit} frames per second (pings count)`, input.now);
+      }
+      break;
+    }
     case 'verified':
       verified(state, out, input.conn, input.claims, input.error, input.now);
       break;

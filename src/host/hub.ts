@@ -190,6 +190,11 @@ export class Hub {
     input.data = '';
   }
 
+  /** The transport answered a WebSocket ping of this connection by itself. */
+  ping(conn: ConnId): void {
+    if (this.config.rateLimit > 0) this.run({ type: 'ping', now: this.now(), conn });
+  }
+
   /** The transport refused a frame of this connection (too large, or malformed at the WebSocket level). */
   refused(conn: ConnId, tooLarge: boolean, detail?: string): void {
     this.run({ type: 'refused', now: this.now(), conn, tooLarge, detail });

@@ -294,3 +294,14 @@ describe('the work one query may cause', () => {
     expect(undeliverable(sim.advance(1_000), 1)).toEqual(['n1']);
   });
 });
+
+describe('pings', () => {
+  it('count against the rate limit like any frame: a ping flood is answered with NO_U_TBH and 4429', () => {
+    const sim = new Sim({ rateLimit: 2 });
+    sim.connect(1, 'gw', 'g');
+    const ping = () => sim.step({ type: 'ping', now: sim.now, conn: 1 });
+    let events: Event[] = [];
+    for (let i = 0; i < 5 && events.length === 0; i++) events = ping();
+    expect(events).toEqual(failure(1, 4429, 'rate limit exceeded: more than 2 frames per second (pings count)'));
+  });
+});

@@ -110,6 +110,11 @@ export class Sim {
     return this.quiet(this.run({ type: 'close', now: this.now, conn, code }));
   }
 
+  /** Any other input, as the host would feed it; log lines left out. */
+  step(input: Parameters<typeof step>[1]): Event[] {
+    return this.quiet(this.run(input));
+  }
+
   /** The host wrote everything queued (a batching host, once per flush). */
   flushed(): Event[] {
     return this.quiet(this.run({ type: 'flushed', now: this.now }));
