@@ -277,6 +277,13 @@ export class NerveHub extends DurableObject<NerveEnv> {
   }
 
   private readonly upgrade: Upgrade = (c, wire: Wire) => {
+    // A socket a Durable Object accepts and closes in the same event never
+    // finishes its close for the peer (workerd waits on it), so a hub at
+    // capacity says so before the upgrade, with HTTP 503.
+    const { state, config } = this.current!.hub;
+    if (state.liveConns >= config.maxConnections || state.unidentifiedConns >= config.maxUnidentified) {
+      return Response.json({ error: 'too many connections: this hub is at capacity; retry later' }, { status: 503 });
+    }
     const { 0: client, 1: server } = new WebSocketPair();
     this.ctx.acceptWebSocket(server);
     this.opening = server;

@@ -8,7 +8,7 @@ import { gzipSync } from 'node:zlib';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
-/** The JSON-only bundle must stay under this many gzipped bytes (issue 11: 12 KB). */
+/** The JSON-only bundle must stay under this many gzipped bytes (12 KB, the budget for a browser page's client). */
 export const JSON_BUDGET_GZIP = 12_000;
 
 export interface ChunkSize {

@@ -29,7 +29,7 @@ import {
 
 const FUZZ_MS = Number(process.env.NERVE_FUZZ_MS ?? 3_000);
 
-/** Every hostile value of the issue's table, placed where it hurts most. */
+/** Every kind of hostile value the hub must survive, placed where it hurts most. */
 const HOSTILE_VALUES: [string, unknown][] = [
   ...Object.entries(EXTENSIONS).map(([name, make]) => [`${name} extension`, (make as () => unknown)()] as [string, unknown]),
   ['uint64 2^64-1', uint64(2n ** 64n - 1n)],
