@@ -6,7 +6,7 @@ import { DEFAULT_LIMITS } from './io.ts';
 import { DecodeError } from './decode-error.ts';
 import { checkDepth, depthExceeded, jsonNestsDeeperThan } from './depth.ts';
 import { decodeMsgpack, packMsgpack } from './msgpack.ts';
-import type { Wire } from './protocol.ts';
+import { utf8Length, type Wire } from './protocol.ts';
 import { deflate, inflate } from './zlib.ts';
 
 export { checkDepth, DecodeError, packMsgpack };
@@ -14,19 +14,7 @@ export { checkDepth, DecodeError, packMsgpack };
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
 const utf8Encoder = new TextEncoder();
 
-export function utf8Length(text: string): number {
-  let bytes = 0;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c < 0x80) bytes += 1;
-    else if (c < 0x800) bytes += 2;
-    else if (c >= 0xd800 && c <= 0xdbff) {
-      bytes += 4;
-      i++;
-    } else bytes += 3;
-  }
-  return bytes;
-}
+export { utf8Length };
 
 /** Size of a received frame in bytes, computed only when it could matter. */
 export function frameSize(data: string | Uint8Array, limit: number): number {

@@ -79,13 +79,29 @@ export interface Sender {
 /** Close reasons are limited to 123 bytes of UTF-8 (RFC 6455). */
 export function truncateReason(reason: string): string {
   if (reason.length <= 41) return reason; // 41 × 3 bytes ≤ 123 whatever the text
+  return utf8Prefix(reason, 123);
+}
+
+/** Bytes of `text` in UTF-8 (a surrogate pair is one 4-byte character). */
+export function utf8Length(text: string): number {
+  return utf8Scan(text, Infinity).bytes;
+}
+
+/** The longest start of `text` that fits in `limit` bytes of UTF-8, never splitting a character. */
+function utf8Prefix(text: string, limit: number): string {
+  return text.slice(0, utf8Scan(text, limit).chars);
+}
+
+/** Walks `text` while its UTF-8 size stays within `limit`: the bytes and UTF-16 units it covered. */
+function utf8Scan(text: string, limit: number): { bytes: number; chars: number } {
   let bytes = 0;
-  for (let i = 0; i < reason.length; i++) {
-    const c = reason.charCodeAt(i);
+  let i = 0;
+  while (i < text.length) {
+    const c = text.charCodeAt(i);
     const size = c < 0x80 ? 1 : c < 0x800 ? 2 : c >= 0xd800 && c <= 0xdbff ? 4 : 3;
-    if (bytes + size > 123) return reason.slice(0, i);
+    if (bytes + size > limit) break;
     bytes += size;
-    if (size === 4) i++;
+    i += size === 4 ? 2 : 1;
   }
-  return reason;
+  return { bytes, chars: i };
 }
