@@ -19,9 +19,6 @@ export interface NerveSocketData {
   remote: string | undefined;
 }
 
-/** How long a close waits for Bun to send what it buffers for the peer. */
-const CLOSE_WAIT_MS = 2_000;
-
 /**
  * A Bun socket as the hub sees it: one flush is one cork (one syscall). A send
  * Bun drops (past backpressureLimit) was never written, so from then on the
@@ -38,20 +35,12 @@ class BunSocket implements HubSocket {
     });
   }
 
-  /**
-   * Bun's close() ends the TCP connection at once and drops what it still
-   * buffers (measured: a GO_AWAY queued behind a backlog never arrived), so
-   * the close waits until the backlog has gone out, for CLOSE_WAIT_MS at most.
-   */
+  /** Bun's close() ends the TCP connection at once and drops what it still buffers. */
+  readonly dropsUnsentOnClose = true;
+
   close(code: number, reason: string): void {
     this.closed = true;
-    const since = Date.now();
-    const closeWhenSent = () => {
-      if (this.ws.readyState !== 1) return;
-      if (this.ws.getBufferedAmount() > 0 && Date.now() - since < CLOSE_WAIT_MS) setTimeout(closeWhenSent, 5);
-      else this.ws.close(code, reason);
-    };
-    closeWhenSent();
+    this.ws.close(code, reason);
   }
 
   buffered(): number {

@@ -37,9 +37,10 @@ export type Input =
    * the oldest routed event among them, and of the oldest still queued in the
    * host itself (which a cut drops; the transport's part goes out before the
    * close). Reported when it becomes non-zero, while it stays non-zero, and
-   * when it is zero again.
+   * when it is zero again; `lost` when a connection being closed is dropping
+   * what it still holds (those events count as never written).
    */
-  | { type: 'backlog'; now: number; conn: ConnId; bytes: number; unflushedFrom: number; queuedFrom?: number | undefined }
+  | { type: 'backlog'; now: number; conn: ConnId; bytes: number; unflushedFrom: number; queuedFrom?: number | undefined; lost?: boolean | undefined }
   /**
    * The host wrote the frames queued before this flush (a batching host
    * sends one per flush, before that flush's `backlog` reports, which say

@@ -139,7 +139,9 @@ export interface Conn {
    * delivered if the connection dies: they are replayed, requeued or reported.
    */
   unflushedFrom: number;
-  /** The session it held before the server closed it, to settle what its transport still held when it is gone. */
+  /** The `s` of the oldest routed event still queued in the host, not yet given to its transport. */
+  queuedFrom: number;
+  /** The session it held before the server closed it: what its transport then drops is that session's. */
   lastSession: Session | null;
   /** The flush during which it was last written to, and the first `s` written then (see State.flushes). */
   writtenInFlush: number;
@@ -273,6 +275,7 @@ export function newConn(id: ConnId, wire: Wire, now: number, tokens: number, rem
     timerAt: 0,
     backlog: 0,
     unflushedFrom: Infinity,
+    queuedFrom: Infinity,
     lastSession: null,
     writtenInFlush: -1,
     firstSinceFlush: Infinity,

@@ -115,7 +115,8 @@ export function step(state: State, input: Input): [State, Output[]] {
       shutdown(state, out);
       break;
     case 'backlog':
-      backlog(state, out, input.conn, input.bytes, input.unflushedFrom, input.queuedFrom ?? input.unflushedFrom, input.now);
+      if (input.lost) dropped(state, input.conn, input.unflushedFrom);
+      else backlog(state, out, input.conn, input.bytes, input.unflushedFrom, input.queuedFrom ?? input.unflushedFrom, input.now);
       break;
     case 'flushed':
       flushed(state, out);
@@ -219,6 +220,16 @@ function flushed(state: State, out: Output[]): void {
   }
 }
 
+/**
+ * A connection being closed drops what its transport still holds, from
+ * `from` on: if its session waits to be resumed, those events are owed again.
+ */
+function dropped(state: State, id: ConnId, from: number): void {
+  const session = state.conns.get(id)?.lastSession;
+  if (!session || session.conn !== null || state.sessions.get(session.key) !== session) return;
+  session.writtenUpTo = Math.min(session.writtenUpTo, from - 1);
+}
+
 /** The host reported what its transport holds for a connection. */
 function backlog(state: State, out: Output[], id: ConnId, bytes: number, unflushedFrom: number, queuedFrom: number, now: number): void {
   const conn = state.conns.get(id);
@@ -262,6 +273,7 @@ function cutSlowConsumers(state: State, out: Output[], now: number): void {
 function detach(state: State, conn: Conn, session: Session): void {
   touchSession(state, session);
   conn.session = null;
+  conn.lastSession = session;
   session.conn = null;
   state.connectedClients--;
 }

@@ -20,6 +20,8 @@ export interface HubSocket {
   close(code: number, reason: string): void;
   /** Bytes given to send() that the transport has not yet handed to the OS; 0 where the runtime cannot tell. */
   buffered(): number;
+  /** The transport's close throws away what it still holds (Bun): the hub waits for it to drain first. */
+  readonly dropsUnsentOnClose?: boolean;
   /**
    * Ends the connection now without waiting for the closing handshake. What
    * send() was given still goes out ahead of the end (the hub never gives a
@@ -67,6 +69,8 @@ export type DispatchResult =
 /** How often transports that are behind are looked at again when nothing else writes to them. */
 const BACKLOG_RECHECK_MS = 10;
 const DEFAULT_CLOSE_GRACE_MS = 2_000;
+/** How often a close waiting for its transport to drain looks again. */
+const CLOSE_POLL_MS = 5;
 /** Rounds of writing one flush makes for what its own steps queued; the rest waits a turn. */
 const MAX_FLUSH_ROUNDS = 8;
 
@@ -332,6 +336,10 @@ export class Hub {
         if (!peer) return;
         // NO_U_TBH (or GO_AWAY) was queued just before; it leaves ahead of the close frame.
         this.write(peer, true);
+        if (peer.socket.dropsUnsentOnClose && peer.socket.buffered() > 0) {
+          this.closeWhenSent(peer, output.code, output.reason);
+          return;
+        }
         this.guard(peer, 'close', () => peer.socket.close(output.code, output.reason));
         if (this.closeGrace > 0) {
           const timer = setTimeout(() => {
@@ -365,6 +373,29 @@ export class Hub {
         this.log(output.level, output.msg, output.fields);
         return;
     }
+  }
+
+  /**
+   * For a transport whose close drops what it still holds: the close waits
+   * until that has gone out, for the close grace at most; past it, the core
+   * hears what is being dropped (it counts as never written), then the close.
+   */
+  private closeWhenSent(peer: Peer, code: number, reason: string): void {
+    const deadline = this.now() + this.closeGrace;
+    const attempt = () => {
+      if (peer.closed) return;
+      if (peer.socket.buffered() > 0 && this.now() < deadline) {
+        setTimeout(attempt, CLOSE_POLL_MS);
+        return;
+      }
+      if (peer.socket.buffered() > 0) {
+        this.observe(peer);
+        peer.observed = false;
+        this.run({ type: 'backlog', now: this.now(), conn: peer.conn, bytes: peer.reported, unflushedFrom: peer.reportedFrom, queuedFrom: peer.reportedFrom, lost: true });
+      }
+      this.guard(peer, 'close', () => peer.socket.close(code, reason));
+    };
+    attempt();
   }
 
   private terminate(peer: Peer): void {

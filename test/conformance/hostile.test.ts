@@ -49,7 +49,7 @@ const MAX_CONNECTIONS = 16;
 const MAX_UNIDENTIFIED = 6;
 const RATE_LIMIT = 20;
 /** The identify timeout is the heartbeat interval: long enough to fill the caps before idle connections time out. */
-const CAPS_HEARTBEAT = 3000;
+const CAPS_HEARTBEAT = 5000;
 const CAPS_ENV = {
   NERVE_MAX_CONNECTIONS: String(MAX_CONNECTIONS),
   NERVE_MAX_UNIDENTIFIED: String(MAX_UNIDENTIFIED),

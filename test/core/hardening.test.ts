@@ -43,6 +43,16 @@ describe('slow consumers', () => {
     expect(ids(sim.connect(4, 'gw', 'g'), 4)).toEqual([]);
   });
 
+  it('a transport that drops what it still holds when closed (Bun) says so: those events are owed again', () => {
+    const sim = pair({ resumeWindow: 1_000, queueTtl: 5_000 });
+    for (let i = 1; i <= 3; i++) sim.dispatch(1, 'E', i, to('g'));
+    sim.backlog(2, 5_000, 2, Infinity);
+    sim.step({ type: 'backlog', now: sim.now, conn: 2, bytes: 300, unflushedFrom: 3, queuedFrom: 3, lost: true });
+    sim.close(2, 4507);
+    sim.advance(1_000);
+    expect(ids(sim.connect(4, 'gw', 'g'), 4)).toEqual([3]);
+  });
+
   it('after a cut, a connection dropped with events still in its transport owes them: requeued when the session ends', () => {
     const sim = pair({ resumeWindow: 1_000, queueTtl: 5_000 });
     for (let i = 1; i <= 3; i++) sim.dispatch(1, 'E', i, to('g'));
