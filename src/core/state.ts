@@ -204,8 +204,7 @@ export interface State {
   unidentifiedConns: number;
   memory: Memory;
   /** Token bucket of the HTTP dispatch route, when a rate limit is set. */
-  httpTokens: number;
-  httpTokensAt: number;
+  http: { tokens: number; tokensAt: number };
   /** Connections found too far behind during this step, cut when it ends. */
   slowConns: Conn[];
   /**
@@ -237,8 +236,7 @@ export function createState(config: CoreConfig): State {
     liveConns: 0,
     unidentifiedConns: 0,
     memory: { held: 0, replay: 0, metadata: 0 },
-    httpTokens: config.rateLimit * 2,
-    httpTokensAt: 0,
+    http: { tokens: config.rateLimit * 2, tokensAt: 0 },
     slowConns: [],
     flushes: -1,
     heldWaiting: new Set(),

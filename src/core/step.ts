@@ -298,14 +298,19 @@ function transportClosed(state: State, out: Output[], id: ConnId, code: number |
 
 // ── frames ─────────────────────────────────────────────────────────────────
 
-function allowFrame(state: State, conn: Conn, now: number): boolean {
+/** Takes one token from a bucket refilled at the rate limit (burst: two seconds' worth); false when empty. */
+function takeToken(state: State, bucket: { tokens: number; tokensAt: number }, now: number): boolean {
   const rate = state.config.rateLimit;
   if (rate <= 0) return true;
-  conn.tokens = Math.min(rate * 2, conn.tokens + ((now - conn.tokensAt) * rate) / 1000);
-  conn.tokensAt = now;
-  if (conn.tokens < 1) return false;
-  conn.tokens -= 1;
+  bucket.tokens = Math.min(rate * 2, bucket.tokens + ((now - bucket.tokensAt) * rate) / 1000);
+  bucket.tokensAt = now;
+  if (bucket.tokens < 1) return false;
+  bucket.tokens -= 1;
   return true;
+}
+
+function allowFrame(state: State, conn: Conn, now: number): boolean {
+  return takeToken(state, conn, now);
 }
 
 function message(state: State, out: Output[], conn: Conn, data: string | Uint8Array, now: number): void {
@@ -576,23 +581,14 @@ function dispatch(state: State, out: Output[], conn: Conn, session: Session, fra
   if (nonce !== undefined) acknowledge(state, out, session.key, nonce, result.delivered, result.queued);
 }
 
-/** HTTP dispatches share one bucket of the per-connection rate limit: the route is one more sender. */
-function allowHttpDispatch(state: State, now: number): boolean {
-  const rate = state.config.rateLimit;
-  if (rate <= 0) return true;
-  state.httpTokens = Math.min(rate * 2, state.httpTokens + ((now - state.httpTokensAt) * rate) / 1000);
-  state.httpTokensAt = now;
-  if (state.httpTokens < 1) return false;
-  state.httpTokens -= 1;
-  return true;
-}
 
 function httpDispatch(state: State, out: Output[], request: number, body: unknown, now: number): void {
   if (state.draining) {
     out.push({ type: 'rejected', request, status: 503, error: 'server is shutting down' });
     return;
   }
-  if (!allowHttpDispatch(state, now)) {
+  // HTTP dispatches share one bucket of the per-connection rate limit: the route is one more sender.
+  if (!takeToken(state, state.http, now)) {
     out.push({ type: 'rejected', request, status: 429, error: `rate limit exceeded: more than ${state.config.rateLimit} dispatches per second` });
     return;
   }
