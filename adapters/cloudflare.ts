@@ -4,18 +4,13 @@
 
 import { DurableObject } from 'cloudflare:workers';
 import type { ConnId, Input, Output } from '../src/core/io.ts';
-import {
-  connRecord,
-  isEmptyChangeset,
-  Persister,
-  type Changeset,
-  type ConnRecord,
-  type Stored,
-} from '../src/core/persist.ts';
+import { connRecord, Persister, type ConnRecord } from '../src/core/persist.ts';
 import { HEARTBEAT_ACK_FRAME, HEARTBEAT_FRAME, type Wire } from '../src/core/protocol.ts';
 import { ConfigError, loadConfig, type HostConfig } from '../src/host/config.ts';
 import { createHttpApp, type Upgrade } from '../src/host/http.ts';
 import { Hub, type HubSocket } from '../src/host/hub.ts';
+import { SqliteStorage } from '../src/host/sqlite-storage.ts';
+import { StorageWriter } from '../src/host/storage.ts';
 
 /** The Worker's bindings: the NerveHub namespace and the NERVE_* vars and secrets. */
 export interface NerveEnv {
@@ -111,18 +106,13 @@ function socketOf(ws: WebSocket): HubSocket {
   };
 }
 
-const SCHEMA = [
-  'CREATE TABLE IF NOT EXISTS nerve_meta (id INTEGER PRIMARY KEY, v TEXT NOT NULL)',
-  'CREATE TABLE IF NOT EXISTS nerve_sessions (ord INTEGER PRIMARY KEY, v TEXT NOT NULL)',
-  'CREATE TABLE IF NOT EXISTS nerve_replay (ord INTEGER NOT NULL, s INTEGER NOT NULL, v TEXT NOT NULL, PRIMARY KEY (ord, s))',
-  'CREATE TABLE IF NOT EXISTS nerve_apps (name TEXT PRIMARY KEY, v TEXT NOT NULL)',
-  'CREATE TABLE IF NOT EXISTS nerve_held (id INTEGER PRIMARY KEY, v TEXT NOT NULL)',
-];
+/** How soon a step runs again after a failed storage write, so an idle hub is not evicted with it unwritten. */
+const STORAGE_RETRY_MS = 1_000;
 
 interface Running {
   config: HostConfig;
   hub: Hub;
-  persister: Persister;
+  writer: StorageWriter;
   app: { fetch(request: Request): Response | Promise<Response> };
 }
 
@@ -130,7 +120,7 @@ interface Running {
  * One hub. Memory may be dropped between any two events (hibernation), so
  * every event starts from `running()`, which rebuilds the hub from socket
  * attachments and SQLite storage when this instance is new; every step ends
- * by writing what it changed.
+ * by writing what it changed (src/host/storage.ts says what a failed write does).
  */
 export class NerveHub extends DurableObject<NerveEnv> {
   private current: Running | undefined;
@@ -140,6 +130,9 @@ export class NerveHub extends DurableObject<NerveEnv> {
   /** Last attachment written per connection, to skip identical rewrites. */
   private readonly attached = new Map<ConnId, string>();
   private opening: WebSocket | undefined;
+  /** The hub's own deadline, and a sooner one while storage is behind: the one alarm carries the earlier. */
+  private hubAlarm: number | undefined;
+  private retryAlarm: number | undefined;
 
   /** This object's hub, rebuilt from storage if it was asleep; undefined while the config is invalid. */
   get hub(): Hub | undefined {
@@ -189,7 +182,15 @@ export class NerveHub extends DurableObject<NerveEnv> {
       const at = this.ctx.getWebSocketAutoResponseTimestamp(ws)?.getTime();
       if (conn !== undefined && at !== undefined) running.hub.heartbeat(conn, at);
     }
+    this.retryAlarm = undefined;
     running.hub.tick();
+    // The hub re-arms only when its deadline moved; an alarm that fired early for a retry must not lose it.
+    this.setAlarm();
+  }
+
+  private setAlarm(): void {
+    const at = this.retryAlarm === undefined ? this.hubAlarm : Math.min(this.retryAlarm, this.hubAlarm ?? Infinity);
+    void (at === undefined ? this.ctx.storage.deleteAlarm() : this.ctx.storage.setAlarm(at));
   }
 
   private idOf(ws: WebSocket): ConnId | undefined {
@@ -228,17 +229,8 @@ export class NerveHub extends DurableObject<NerveEnv> {
     // arrival read back before each tick; a rate limit has to see every frame, though.
     if (config.rateLimit > 0) this.ctx.setWebSocketAutoResponse();
     else this.ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(HEARTBEAT_FRAME, HEARTBEAT_ACK_FRAME));
-    const sql = this.ctx.storage.sql;
-    for (const statement of SCHEMA) sql.exec(statement);
-    const rows = <T>(query: string) => sql.exec<{ v: string }>(query).toArray().map((row) => JSON.parse(row.v) as T);
-    const [meta] = rows<NonNullable<Stored['meta']>>('SELECT v FROM nerve_meta WHERE id = 1');
-    const stored: Stored = {
-      ...(meta ? { meta } : {}),
-      sessions: rows('SELECT v FROM nerve_sessions'),
-      replay: rows('SELECT v FROM nerve_replay'),
-      apps: rows('SELECT v FROM nerve_apps'),
-      held: rows('SELECT v FROM nerve_held'),
-    };
+    const storage = new SqliteStorage(this.ctx.storage);
+    const stored = storage.load();
     const live: { ws: WebSocket; record: ConnRecord }[] = [];
     for (const ws of this.ctx.getWebSockets()) {
       const record = ws.deserializeAttachment() as ConnRecord | null;
@@ -258,7 +250,10 @@ export class NerveHub extends DurableObject<NerveEnv> {
       state,
       // The runtime owns the closing handshake of a hibernatable socket.
       closeGrace: 0,
-      arm: (at) => void (at === undefined ? this.ctx.storage.deleteAlarm() : this.ctx.storage.setAlarm(at)),
+      arm: (at) => {
+        this.hubAlarm = at;
+        this.setAlarm();
+      },
       afterStep: (input, outputs) => this.afterStep(input, outputs),
     });
     for (const { ws, record } of live) {
@@ -267,7 +262,8 @@ export class NerveHub extends DurableObject<NerveEnv> {
       this.ids.set(ws, record.id);
       this.attached.set(record.id, JSON.stringify(record));
     }
-    const running: Running = { config, hub, persister, app: createHttpApp(hub, this.upgrade) };
+    const writer = new StorageWriter(storage, persister, (level, msg, fields) => hub.log(level, msg, fields));
+    const running: Running = { config, hub, writer, app: createHttpApp(hub, this.upgrade) };
     this.current = running;
     // Once per instance: a hub that hibernated logs this again when it wakes, with what it got back.
     hub.log('info', 'awake', { connections: live.length, sessions: state.sessions.size, clients: state.connectedClients });
@@ -303,8 +299,11 @@ export class NerveHub extends DurableObject<NerveEnv> {
       this.sockets.set(input.conn, this.opening);
       this.ids.set(this.opening, input.conn);
     }
-    const changes = running.persister.flush(running.hub.state);
-    if (!isEmptyChangeset(changes)) this.write(changes);
+    running.writer.save(running.hub.state);
+    if (running.writer.retrying && this.retryAlarm === undefined) {
+      this.retryAlarm = Date.now() + STORAGE_RETRY_MS;
+      this.setAlarm();
+    }
 
     if (input.type === 'close') {
       this.sockets.delete(input.conn);
@@ -325,27 +324,5 @@ export class NerveHub extends DurableObject<NerveEnv> {
     if (this.attached.get(id) === json) return;
     ws.serializeAttachment(record);
     this.attached.set(id, json);
-  }
-
-  private write(changes: Changeset): void {
-    const sql = this.ctx.storage.sql;
-    this.ctx.storage.transactionSync(() => {
-      for (const ord of changes.dropSessions) {
-        sql.exec('DELETE FROM nerve_sessions WHERE ord = ?', ord);
-        sql.exec('DELETE FROM nerve_replay WHERE ord = ?', ord);
-      }
-      for (const { ord, below } of changes.trimReplay) sql.exec('DELETE FROM nerve_replay WHERE ord = ? AND s < ?', ord, below);
-      for (const name of changes.dropApps) sql.exec('DELETE FROM nerve_apps WHERE name = ?', name);
-      for (const id of changes.dropHeld) sql.exec('DELETE FROM nerve_held WHERE id = ?', id);
-      for (const record of changes.sessions) {
-        sql.exec('INSERT OR REPLACE INTO nerve_sessions (ord, v) VALUES (?, ?)', record.ord, JSON.stringify(record));
-      }
-      for (const record of changes.replay) {
-        sql.exec('INSERT OR REPLACE INTO nerve_replay (ord, s, v) VALUES (?, ?, ?)', record.ord, record.s, JSON.stringify(record));
-      }
-      for (const record of changes.apps) sql.exec('INSERT OR REPLACE INTO nerve_apps (name, v) VALUES (?, ?)', record.name, JSON.stringify(record));
-      for (const record of changes.held) sql.exec('INSERT OR REPLACE INTO nerve_held (id, v) VALUES (?, ?)', record.id, JSON.stringify(record));
-      if (changes.meta) sql.exec('INSERT OR REPLACE INTO nerve_meta (id, v) VALUES (1, ?)', JSON.stringify(changes.meta));
-    });
   }
 }

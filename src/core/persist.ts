@@ -1,7 +1,7 @@
 // State as plain JSON and back: what a host that loses its memory between
 // events (a hibernating Durable Object) keeps in per-socket attachments and in
-// storage, and the State rebuilt from them. No I/O: the host executes the
-// changesets and feeds back what it stored.
+// storage, and the State rebuilt from them. No I/O: the host writes the
+// changesets and commits each one only once its write returned.
 
 import type { ConnId, CoreConfig } from './io.ts';
 import { emptyMetadata, mergeMetadata } from './metadata.ts';
@@ -192,16 +192,62 @@ function emptyChangeset(): Changeset {
   return { dropSessions: [], sessions: [], trimReplay: [], replay: [], dropApps: [], apps: [], dropHeld: [], held: [] };
 }
 
+/** One write of a changeset, alone, with the name a log line gives it. */
+export interface ChangesetPart {
+  record: string;
+  changes: Changeset;
+}
+
+/**
+ * The changeset as one-record changesets, in the order a whole write applies
+ * them, so a host can find which record a store refuses and keep the rest.
+ */
+export function splitChangeset(changes: Changeset): ChangesetPart[] {
+  const parts: ChangesetPart[] = [];
+  const part = (record: string, fill: (c: Changeset) => void) => {
+    const c = emptyChangeset();
+    fill(c);
+    parts.push({ record, changes: c });
+  };
+  for (const ord of changes.dropSessions) part(`drop session ${ord}`, (c) => c.dropSessions.push(ord));
+  for (const trim of changes.trimReplay) part(`trim replay ${trim.ord} below ${trim.below}`, (c) => c.trimReplay.push(trim));
+  for (const name of changes.dropApps) part(`drop app ${name}`, (c) => c.dropApps.push(name));
+  for (const id of changes.dropHeld) part(`drop held ${id}`, (c) => c.dropHeld.push(id));
+  for (const record of changes.sessions) part(`session ${record.ord}`, (c) => c.sessions.push(record));
+  for (const record of changes.replay) part(`replay ${record.ord}:${record.s}`, (c) => c.replay.push(record));
+  for (const record of changes.apps) part(`app ${record.name}`, (c) => c.apps.push(record));
+  for (const record of changes.held) part(`held ${record.id}`, (c) => c.held.push(record));
+  const meta = changes.meta;
+  if (meta) part('meta', (c) => (c.meta = meta));
+  return parts;
+}
+
+/** What storage will hold once a flushed changeset is written: applied by `commit`. */
+interface Plan {
+  changes: Changeset;
+  sessions: Map<string, StoredSession | undefined>;
+  apps: Map<string, Set<number>>;
+  meta: string | undefined;
+}
+
 /**
  * Tracks what storage holds and turns the core's change marks into the
  * smallest writes: a session's header plus only its new replay rows, an app's
  * cursor plus only its new held rows. Cost is proportional to what changed,
  * except an app's held queue, which is scanned when that app changes.
+ *
+ * `flush` only computes; `commit` records the changeset as stored, and the
+ * host calls it once the write returned. Until then the sessions and apps it
+ * covered stay dirty, so a write that failed is computed again, merged with
+ * whatever changed since, by the next flush.
  */
 export class Persister {
   private readonly sessions = new Map<string, StoredSession>();
   private readonly heldIds = new WeakMap<Held, number>();
   private readonly storedHeld = new Map<string, Set<number>>();
+  private readonly dirtySessions = new Set<string>();
+  private readonly dirtyApps = new Set<string>();
+  private pending: Plan | undefined;
   private nextHeld = 1;
   private lastMeta = '';
 
@@ -210,71 +256,97 @@ export class Persister {
     state.changes ??= { sessions: new Set(), apps: new Set() };
   }
 
-  /** The writes that bring storage up to date with `state`; clears the change marks. */
+  /**
+   * The writes that bring storage up to date with `state`, including any an
+   * earlier flush computed but that was never committed. Clears the core's
+   * change marks; records nothing as stored.
+   */
   flush(state: State): Changeset {
-    const changes = emptyChangeset();
     const marks = state.changes;
     if (marks) {
-      for (const key of marks.sessions) this.flushSession(state, key, changes);
-      for (const name of marks.apps) this.flushApp(state, name, changes);
+      for (const key of marks.sessions) this.dirtySessions.add(key);
+      for (const name of marks.apps) this.dirtyApps.add(name);
       marks.sessions.clear();
       marks.apps.clear();
     }
+    const changes = emptyChangeset();
+    const plan: Plan = { changes, sessions: new Map(), apps: new Map(), meta: undefined };
+    for (const key of this.dirtySessions) this.flushSession(state, key, plan);
+    for (const name of this.dirtyApps) this.flushApp(state, name, plan);
     const meta: MetaRecord = { nextOrdinal: state.nextOrdinal, nextHeld: this.nextHeld, counters: state.counters };
     const json = JSON.stringify(meta);
     if (json !== this.lastMeta) {
-      this.lastMeta = json;
+      plan.meta = json;
       changes.meta = JSON.parse(json) as MetaRecord;
     }
+    this.pending = plan;
     return changes;
   }
 
-  private flushSession(state: State, key: string, changes: Changeset): void {
+  /** Records `changes`, the latest flush, as written to storage. */
+  commit(changes: Changeset): void {
+    const plan = this.pending;
+    // Committing an older changeset would record rows the newer one still has to write.
+    if (!plan || plan.changes !== changes) throw new Error('Persister.commit: not the changeset of the latest flush');
+    this.pending = undefined;
+    for (const [key, stored] of plan.sessions) {
+      if (stored) this.sessions.set(key, stored);
+      else this.sessions.delete(key);
+      this.dirtySessions.delete(key);
+    }
+    for (const [name, ids] of plan.apps) {
+      if (ids.size > 0) this.storedHeld.set(name, ids);
+      else this.storedHeld.delete(name);
+      this.dirtyApps.delete(name);
+    }
+    if (plan.meta !== undefined) this.lastMeta = plan.meta;
+  }
+
+  private flushSession(state: State, key: string, plan: Plan): void {
+    const changes = plan.changes;
     const live = state.sessions.get(key);
     let stored = this.sessions.get(key);
     if (stored && (!live || live.ordinal !== stored.ord)) {
       changes.dropSessions.push(stored.ord);
-      this.sessions.delete(key);
       stored = undefined;
     }
-    if (!live) return;
-    changes.sessions.push(sessionRecord(live));
-    if (!stored) {
-      stored = { ord: live.ordinal, first: 1, last: 0 };
-      this.sessions.set(key, stored);
+    if (!live) {
+      plan.sessions.set(key, undefined);
+      return;
     }
+    changes.sessions.push(sessionRecord(live));
     const replay = live.replay;
     const first = live.replayFirst;
     const last = first + replay.length - 1;
-    if (stored.first < first && stored.last >= stored.first) changes.trimReplay.push({ ord: stored.ord, below: first });
-    for (let s = Math.max(first, stored.last + 1); s <= last; s++) {
+    if (stored && stored.first < first && stored.last >= stored.first) changes.trimReplay.push({ ord: stored.ord, below: first });
+    for (let s = Math.max(first, (stored?.last ?? 0) + 1); s <= last; s++) {
       const entry = replay.at(s - first);
       changes.replay.push(typeof entry === 'string' ? { ord: live.ordinal, s, text: entry } : { ord: live.ordinal, s, msg: routedRecord(entry) });
     }
-    stored.first = first;
-    stored.last = last;
+    plan.sessions.set(key, { ord: live.ordinal, first, last });
   }
 
-  private flushApp(state: State, name: string, changes: Changeset): void {
+  private flushApp(state: State, name: string, plan: Plan): void {
+    const changes = plan.changes;
     const live = state.apps.get(name);
-    const stored = this.storedHeld.get(name) ?? new Set<number>();
+    const stored = this.storedHeld.get(name);
     const current = new Set<number>();
     if (live) {
       changes.apps.push({ name, cursor: live.cursor });
       for (const held of live.held) {
         if (held.done) continue;
+        // An id only names the row, so one given out by a flush whose write failed is kept.
         let id = this.heldIds.get(held);
         if (id === undefined) {
           id = this.nextHeld++;
           this.heldIds.set(held, id);
-          changes.held.push({ id, app: name, exp: held.expiresAt, msg: routedRecord(held.msg) });
         }
+        if (!stored?.has(id)) changes.held.push({ id, app: name, exp: held.expiresAt, msg: routedRecord(held.msg) });
         current.add(id);
       }
     } else changes.dropApps.push(name);
-    for (const id of stored) if (!current.has(id)) changes.dropHeld.push(id);
-    if (current.size > 0) this.storedHeld.set(name, current);
-    else this.storedHeld.delete(name);
+    if (stored) for (const id of stored) if (!current.has(id)) changes.dropHeld.push(id);
+    plan.apps.set(name, current);
   }
 
   /**
@@ -320,7 +392,12 @@ export class Persister {
       session.dispatchTo = record.dt === undefined ? undefined : new Set(record.dt);
       session.fixedMeta = record.fm;
       session.expiresAt = record.exp;
-      const rows = (replayByOrd.get(record.ord) ?? []).sort((a, b) => a.s - b.s);
+      const all = (replayByOrd.get(record.ord) ?? []).sort((a, b) => a.s - b.s);
+      // Entries are consecutive and end at `seq`. A row storage lost (see
+      // docs/cloudflare.md, failed writes) cuts the buffer there, as an eviction would.
+      let from = all.length;
+      while (from > 0 && all[from - 1]!.s === record.seq - (all.length - from)) from--;
+      const rows = from === 0 ? all : all.slice(from);
       if (rows.length > 0) session.replayFirst = rows[0]!.s;
       for (const row of rows) {
         const entry = row.text ?? routedFrom(row.msg!, config);
@@ -328,7 +405,8 @@ export class Persister {
         session.replayBytes += entryBytes(entry);
         state.memory.replay += entryBytes(entry);
       }
-      persister.sessions.set(key, { ord: record.ord, first: rows[0]?.s ?? record.seq + 1, last: rows.at(-1)?.s ?? record.seq });
+      // Rows cut above still count as stored, so the next flush trims them.
+      persister.sessions.set(key, { ord: record.ord, first: all[0]?.s ?? record.seq + 1, last: all.at(-1)?.s ?? record.seq });
       state.memory.metadata += session.metadataBytes;
       state.sessions.set(key, session);
       joinApp(session);
