@@ -23,10 +23,10 @@ export interface HubStorage {
 /** Rows as JSON text, as SQLite holds them, so what comes back has been through JSON. */
 export class MemoryStorage implements HubStorage {
   meta: string | undefined;
-  readonly sessions = new Map<number, string>();
-  readonly replay = new Map<number, Map<number, string>>();
-  readonly apps = new Map<string, string>();
-  readonly held = new Map<number, string>();
+  readonly sessions: Map<number, string> = new Map();
+  readonly replay: Map<number, Map<number, string>> = new Map();
+  readonly apps: Map<string, string> = new Map();
+  readonly held: Map<number, string> = new Map();
 
   load(): Stored {
     const parse = <T>(rows: Iterable<string>) => [...rows].map((v) => JSON.parse(v) as T);
