@@ -87,10 +87,20 @@ process.once('exit', () => {
 /** Every runtime with an adapter, in the order suites should run them. */
 export const RUNTIMES: Runtime[] = Object.keys(commands) as Runtime[];
 
-export async function startServer(
-  runtime: Runtime = 'node',
-  env: Record<string, string> = {},
-): Promise<RunningServer> {
+export async function startServer(runtime: Runtime = 'node', env: Record<string, string> = {}): Promise<RunningServer> {
+  // wrangler is given a port found free a moment before; another process can
+  // take it first, and wrangler then exits before it is ready. Try again then.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(runtime, env);
+    } catch (error) {
+      const early = error instanceof Error && error.message.startsWith(`${runtime} server exited with`);
+      if (runtime !== 'cloudflare' || !early || attempt === 3 || (env.NERVE_PORT && env.NERVE_PORT !== '0')) throw error;
+    }
+  }
+}
+
+async function startOnce(runtime: Runtime, env: Record<string, string>): Promise<RunningServer> {
   const password = env.NERVE_PASSWORD ?? 'test-password';
   const [cmd, ...args] = commands[runtime];
   const childEnv: Record<string, string | undefined> = { ...process.env, DENO_DIR: `${root}.deno-dir`, NERVE_PORT: '0', NERVE_PASSWORD: password, ...env };
