@@ -49,7 +49,7 @@ export type Input =
    */
   | { type: 'flushed'; now: number }
   /**
-   * A WebSocket ping the transport answered by itself, where the runtime
+   * A ping frame the transport answered by itself, where the runtime
    * reports one: it counts against the rate limit like any frame.
    */
   | { type: 'ping'; now: number; conn: ConnId }
@@ -104,7 +104,7 @@ export interface Limits {
   maxOutbound: number;
   /** bytes of held events, replay buffers and metadata across the whole hub. */
   maxMemory: number;
-  /** open WebSocket connections, identified or not. */
+  /** open connections, identified or not. */
   maxConnections: number;
   /** open connections that have not identified yet. */
   maxUnidentified: number;
