@@ -86,14 +86,29 @@ export interface IdentifyOptions extends ClientOptions {
 }
 
 /** Connects, identifies as app/client_id and waits for WELCOME. */
-export async function identified(server: support.RunningServer, app: string, clientId: string, options: IdentifyOptions = {}): Promise<TestClient> {
+/**
+ * Connects and sends IDENTIFY with `credential` (the server's password unless
+ * given, or a token); waiting for the answer is the caller's.
+ */
+export async function sendIdentify(
+  server: support.RunningServer,
+  app: string,
+  clientId: string,
+  options: IdentifyOptions = {},
+  credential: { password: string } | { token: string } = { password: server.password },
+): Promise<TestClient> {
   const { metadata, reconnect, seq, ...wire } = options;
   const { client } = await connect(server, { ...KEEPALIVE, ...wire });
-  const d: Record<string, unknown> = { app_name: app, client_id: clientId, password: server.password };
+  const d: Record<string, unknown> = { app_name: app, client_id: clientId, ...credential };
   if (metadata !== undefined) d.metadata = metadata;
   if (reconnect !== undefined) d.reconnect = reconnect;
   if (seq !== undefined) d.seq = seq;
   client.identify(d);
+  return client;
+}
+
+export async function identified(server: support.RunningServer, app: string, clientId: string, options: IdentifyOptions = {}): Promise<TestClient> {
+  const client = await sendIdentify(server, app, clientId, options);
   const welcome = await client.next();
   expect(welcome, `WELCOME for ${app}/${clientId}`).toEqual({ op: 2, d: "hi i'm dad" });
   return client;

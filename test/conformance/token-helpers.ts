@@ -6,7 +6,7 @@ import { exportJWK, generateKeyPair, SignJWT, type JWTPayload } from 'jose';
 import WebSocket from 'ws';
 import { expect } from 'vitest';
 import type { TestClient } from './client.ts';
-import { connect, KEEPALIVE, type IdentifyOptions, type RunningServer } from './harness.ts';
+import { sendIdentify, type IdentifyOptions, type RunningServer } from './harness.ts';
 
 export const SECRET = 'conformance-secret-of-more-than-32-characters';
 const secretKey = new TextEncoder().encode(SECRET);
@@ -89,14 +89,7 @@ export async function identifyWithToken(
   token: string,
   options: IdentifyOptions = {},
 ): Promise<TestClient> {
-  const { metadata, reconnect, seq, ...wire } = options;
-  const { client } = await connect(server, { ...KEEPALIVE, ...wire });
-  const d: Record<string, unknown> = { app_name: app, client_id: clientId, token };
-  if (metadata !== undefined) d.metadata = metadata;
-  if (reconnect !== undefined) d.reconnect = reconnect;
-  if (seq !== undefined) d.seq = seq;
-  client.identify(d);
-  return client;
+  return sendIdentify(server, app, clientId, options, { token });
 }
 
 /** As identifyWithToken, and waits for WELCOME. */

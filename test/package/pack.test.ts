@@ -4,7 +4,6 @@
 // loads no server code; Bun and Deno serve through their factories; the Worker
 // runs in workerd; tsc accepts the declarations under strict flags.
 
-import { build } from 'esbuild';
 import { Miniflare } from 'miniflare';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -13,6 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { bundleForWorkers } from '../support/bundle.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const manifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string; dependencies: Record<string, string> };
@@ -248,22 +248,10 @@ describe('on Bun and Deno, from the tarball', () => {
 describe('in workerd, from the tarball', () => {
   it('bundles nerve/cloudflare into a Worker that serves a hub', async () => {
     writeFileSync(join(scratch, 'worker.js'), "export { default, NerveHub } from 'nerve/cloudflare';\n");
-    const bundle = await build({
-      absWorkingDir: scratch,
-      entryPoints: ['worker.js'],
-      bundle: true,
-      write: false,
-      format: 'esm',
-      platform: 'neutral',
-      target: 'es2022',
-      conditions: ['workerd', 'worker', 'browser'],
-      mainFields: ['module', 'main'],
-      external: ['cloudflare:*', 'node:*'],
-      logLevel: 'silent',
-    });
+    const script = await bundleForWorkers('worker.js', scratch);
     const mf = new Miniflare({
       modules: true,
-      script: bundle.outputFiles[0]!.text,
+      script,
       compatibilityDate: '2026-04-20',
       durableObjects: { NERVE_HUB: { className: 'NerveHub', useSQLite: true } },
       bindings: { NERVE_PASSWORD: 'pw', NERVE_HEARTBEAT_INTERVAL: '3333' },

@@ -6,10 +6,11 @@ import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
-/** `entry` (relative to the project root) and its imports as one ES module. */
-export async function bundleForWorkers(entry: string): Promise<string> {
+/** `entry` (relative to `from`, the project root unless given) and its imports as one ES module. */
+export async function bundleForWorkers(entry: string, from: string = root): Promise<string> {
   const out = await build({
-    entryPoints: [`${root}${entry}`],
+    absWorkingDir: from,
+    entryPoints: [entry],
     bundle: true,
     write: false,
     format: 'esm',

@@ -41,7 +41,7 @@ const commands: Record<Runtime, string[]> = {
 };
 
 /** A port nobody listens on right now (wrangler dev cannot report one it picked itself). */
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const probe = createServer();
     probe.once('error', reject);
