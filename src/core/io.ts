@@ -2,6 +2,8 @@
 // so tests compare them with toEqual and any host can execute them.
 
 import type { Claims } from './auth.ts';
+import type { NodeMessage } from './cluster-messages.ts';
+import type { Stored } from './persist.ts';
 import type { CloseCode, Target, Wire } from './protocol.ts';
 
 /** Connections are named by the host; the core only compares them. */
@@ -54,11 +56,31 @@ export type Input =
    */
   | { type: 'ping'; now: number; conn: ConnId }
   /** The answer to a `verify` output: the token's claims, or why it was refused. */
-  | { type: 'verified'; now: number; conn: ConnId; claims?: Claims | undefined; error?: string | undefined };
+  | { type: 'verified'; now: number; conn: ConnId; claims?: Claims | undefined; error?: string | undefined }
+  // ── cluster mode only (state.cluster set; docs/cluster.md) ──
+  /** Messages other nodes sent (this node's inbox or the cluster bus), in the order the stream holds them. */
+  | { type: 'node'; now: number; from: string; msgs: NodeMessage[] }
+  /**
+   * The link to the cluster went up or down, or the set of live nodes
+   * changed (`nodes` includes this one). Going up, the core republishes its
+   * sessions and claims them again.
+   */
+  | { type: 'link'; now: number; up: boolean; nodes: string[] }
+  /** The answer to a `claim`: `owner` undefined when this node now owns the session, else the node that does. */
+  | { type: 'claimed'; now: number; key: string; owner?: string | undefined }
+  /**
+   * A dead node's sessions and held events, already claimed for this node,
+   * with what its inbox and the bus held that it never handled.
+   */
+  | { type: 'adopt'; now: number; node: string; stored: Stored; inbox: NodeMessage[]; bus: NodeMessage[] };
 
 export type Output =
-  /** `s` is set on routed events, so a host can tell which ones its transport still holds. */
-  | { type: 'send'; conn: ConnId; data: string | Uint8Array; s?: number | undefined }
+  /**
+   * `s` is set on routed events, so a host can tell which ones its transport
+   * still holds. `durable`: a NERVE_ACK, which a clustered host sends only
+   * once what this step changed is stored in the cluster (docs/cluster.md).
+   */
+  | { type: 'send'; conn: ConnId; data: string | Uint8Array; s?: number | undefined; durable?: true | undefined }
   | { type: 'close'; conn: ConnId; code: CloseCode; reason: string }
   /** Drop the connection now, discarding what the transport still holds (follows a close). */
   | { type: 'terminate'; conn: ConnId }
@@ -69,7 +91,16 @@ export type Output =
   | { type: 'log'; level: 'info' | 'warn' | 'error'; msg: string; fields?: Record<string, unknown> }
   /** The answer to a `dispatch` input. */
   | { type: 'dispatched'; request: number; delivered: number; queued: number }
-  | { type: 'rejected'; request: number; status: 400 | 429 | 503; error: string };
+  | { type: 'rejected'; request: number; status: 400 | 429 | 503; error: string }
+  // ── cluster mode only ──
+  /** To another node's inbox (`to`), or to every node on the cluster bus (`to` undefined). */
+  | { type: 'relay'; to?: string | undefined; msg: NodeMessage }
+  /**
+   * Make `node` the owner of session (app, client) in the cluster if the
+   * owner is now `expected` ('' for none), itself, or absent; the host answers
+   * with `claimed` (key = the session key) when `answer` is set.
+   */
+  | { type: 'claim'; app: string; client: string; node: string; expected: string; answer: boolean };
 
 export interface Limits {
   /** ms between heartbeats, announced in HELLO. */
@@ -116,6 +147,11 @@ export interface CoreConfig extends Limits {
   /** `nerve-` + 6 hex characters, chosen by the host. */
   worker: string;
   password: string;
+  /**
+   * One node of a cluster (docs/cluster.md): `worker` is its node id, unique
+   * in the cluster; sessions of other nodes are routed to through `relay`.
+   */
+  cluster?: boolean | undefined;
 }
 
 export const DEFAULT_LIMITS: Limits = {

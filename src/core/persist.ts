@@ -113,11 +113,12 @@ export interface Stored {
 /** What one step changed, as writes for the host's storage. Deletes come first, then puts. */
 export interface Changeset {
   meta?: MetaRecord;
-  /** Session ordinals to delete with all their replay rows. */
+  /** Session ordinals to delete with all their replay rows, stored from `s` = first to last. */
   dropSessions: number[];
+  droppedReplay: { ord: number; first: number; last: number }[];
   sessions: SessionRecord[];
-  /** Delete replay rows of `ord` with `s` below `below`. */
-  trimReplay: { ord: number; below: number }[];
+  /** Delete replay rows of `ord` with `s` below `below` (stored from `from`). */
+  trimReplay: { ord: number; below: number; from: number }[];
   replay: ReplayRecord[];
   dropApps: string[];
   apps: AppRecord[];
@@ -146,14 +147,14 @@ export function connRecord(conn: Conn, rateLimited: boolean): ConnRecord {
   return record;
 }
 
-function routedRecord(msg: Routed): RoutedRecord {
+export function routedRecord(msg: Routed): RoutedRecord {
   const record: RoutedRecord = { e: msg.e, d: routedFrame(msg).d, from: msg.from, to: msg.target };
   if (msg.senderKey !== undefined) record.sk = msg.senderKey;
   if (msg.nonce !== undefined) record.n = msg.nonce;
   return record;
 }
 
-function routedFrom(record: RoutedRecord, config: CoreConfig): Routed {
+export function routedFrom(record: RoutedRecord, config: CoreConfig): Routed {
   // The query compiled when the event was accepted, so it compiles again.
   const test = record.to.query === undefined ? undefined : compileQuery(record.to.query, config);
   const sender = { from: record.from, fromJson: JSON.stringify(record.from), key: record.sk };
@@ -162,7 +163,7 @@ function routedFrom(record: RoutedRecord, config: CoreConfig): Routed {
   return msg;
 }
 
-function sessionRecord(session: Session): SessionRecord {
+export function sessionRecord(session: Session): SessionRecord {
   const record: SessionRecord = {
     ord: session.ordinal,
     app: session.app.name,
@@ -189,7 +190,7 @@ interface StoredSession {
 }
 
 function emptyChangeset(): Changeset {
-  return { dropSessions: [], sessions: [], trimReplay: [], replay: [], dropApps: [], apps: [], dropHeld: [], held: [] };
+  return { dropSessions: [], droppedReplay: [], sessions: [], trimReplay: [], replay: [], dropApps: [], apps: [], dropHeld: [], held: [] };
 }
 
 /** One write of a changeset, alone, with the name a log line gives it. */
@@ -209,7 +210,13 @@ export function splitChangeset(changes: Changeset): ChangesetPart[] {
     fill(c);
     parts.push({ record, changes: c });
   };
-  for (const ord of changes.dropSessions) part(`drop session ${ord}`, (c) => c.dropSessions.push(ord));
+  for (const [i, ord] of changes.dropSessions.entries()) {
+    part(`drop session ${ord}`, (c) => {
+      c.dropSessions.push(ord);
+      const range = changes.droppedReplay[i];
+      if (range) c.droppedReplay.push(range);
+    });
+  }
   for (const trim of changes.trimReplay) part(`trim replay ${trim.ord} below ${trim.below}`, (c) => c.trimReplay.push(trim));
   for (const name of changes.dropApps) part(`drop app ${name}`, (c) => c.dropApps.push(name));
   for (const id of changes.dropHeld) part(`drop held ${id}`, (c) => c.dropHeld.push(id));
@@ -306,11 +313,13 @@ export class Persister {
     const changes = plan.changes;
     const live = state.sessions.get(key);
     let stored = this.sessions.get(key);
-    if (stored && (!live || live.ordinal !== stored.ord)) {
+    if (stored && (!live || live.ordinal !== stored.ord || live.node !== undefined)) {
       changes.dropSessions.push(stored.ord);
+      changes.droppedReplay.push({ ord: stored.ord, first: stored.first, last: stored.last });
       stored = undefined;
     }
-    if (!live) {
+    // Another node's session, in this node's replica, is that node's to store.
+    if (!live || live.node !== undefined) {
       plan.sessions.set(key, undefined);
       return;
     }
@@ -318,7 +327,7 @@ export class Persister {
     const replay = live.replay;
     const first = live.replayFirst;
     const last = first + replay.length - 1;
-    if (stored && stored.first < first && stored.last >= stored.first) changes.trimReplay.push({ ord: stored.ord, below: first });
+    if (stored && stored.first < first && stored.last >= stored.first) changes.trimReplay.push({ ord: stored.ord, below: first, from: stored.first });
     for (let s = Math.max(first, (stored?.last ?? 0) + 1); s <= last; s++) {
       const entry = replay.at(s - first);
       changes.replay.push(typeof entry === 'string' ? { ord: live.ordinal, s, text: entry } : { ord: live.ordinal, s, msg: routedRecord(entry) });

@@ -89,6 +89,14 @@ export interface Session extends SenderInfo {
   dispatchTo: ReadonlySet<string> | undefined;
   /** Metadata its token fixes. */
   fixedMeta: Record<string, unknown> | undefined;
+  /**
+   * In a cluster, the node that owns a session of another node, which this
+   * node's replica only routes to (no connection, no buffer here); undefined
+   * for a session of this node.
+   */
+  node?: string | undefined;
+  /** For another node's session: whether it has an open connection there. */
+  remoteConnected?: boolean | undefined;
 }
 
 export interface Held {
