@@ -26,6 +26,7 @@ import {
 } from './state.ts';
 import { Ring } from './ring.ts';
 import { createRouted, routedText, send, sendRouted } from './wire.ts';
+import { canHandTo, isReachable, relayAll, relayEvent, relayUndeliverable, tooManyHops } from './cluster.ts';
 
 function addReplayBytes(state: State, session: Session, delta: number): void {
   session.replayBytes += delta;
@@ -64,6 +65,10 @@ function tooCostly(state: State, out: Output[], msg: Routed): Outcome {
  * budget: then nothing is handed over and the caller reports it.
  */
 export function deliver(state: State, out: Output[], session: Session, msg: Routed): boolean {
+  if (session.node !== undefined) {
+    relayEvent(state, out, session, msg);
+    return true;
+  }
   const conn = session.conn;
   if (conn === null && overBudget(state, msg.bytes)) return false;
   const s = ++session.seq;
@@ -230,6 +235,7 @@ export function clearReplay(state: State, session: Session): void {
 export function undeliverable(state: State, out: Output[], msg: Routed, reason: string): void {
   state.counters.undeliverable++;
   const sender = msg.senderKey === undefined ? undefined : state.sessions.get(msg.senderKey);
+  if (sender?.node !== undefined) return relayUndeliverable(state, out, sender, msg, reason);
   if (!sender?.conn) return;
   const frame: Record<string, unknown> = { op: Op.DISPATCH, e: UNDELIVERABLE_EVENT, d: { reason, e: msg.e } };
   if (msg.nonce !== undefined) frame.nonce = msg.nonce;
@@ -238,7 +244,10 @@ export function undeliverable(state: State, out: Output[], msg: Routed, reason: 
 
 export function acknowledge(state: State, out: Output[], senderKey: string, nonce: string, delivered: number, queued: number): void {
   const conn = state.sessions.get(senderKey)?.conn;
-  if (conn) send(state, out, conn, { op: Op.DISPATCH, e: ACK_EVENT, nonce, d: { delivered, queued } });
+  if (!conn) return;
+  send(state, out, conn, { op: Op.DISPATCH, e: ACK_EVENT, nonce, d: { delivered, queued } });
+  // A clustered host sends it only once the event is stored (docs/cluster.md).
+  if (state.cluster) (out[out.length - 1] as Output & { type: 'send' }).durable = true;
 }
 
 /** Holds a directed event for its app until a match appears or the TTL ends. Returns whether it was held. */
@@ -256,16 +265,26 @@ export function hold(state: State, out: Output[], msg: Routed, now: number): boo
     forgetAppIfEmpty(state, app);
     return false;
   }
-  const expiresAt = now + queueTtl;
-  touchApp(state, app);
-  app.held.push({ msg, expiresAt, done: false });
-  addHeldBytes(state, app, msg.bytes);
+  insertHeld(state, msg, now + queueTtl);
   state.counters.queued++;
+  return true;
+}
+
+/**
+ * Holds an event until `expiresAt`, in expiry order (an event handed over by
+ * another node keeps its own TTL, so it may belong before the newest).
+ */
+export function insertHeld(state: State, msg: Routed, expiresAt: number): void {
+  const app = getApp(state, msg.target.app_name);
+  touchApp(state, app);
+  let at = app.held.length;
+  while (at > 0 && app.held[at - 1]!.expiresAt > expiresAt) at--;
+  app.held.splice(at, 0, { msg, expiresAt, done: false });
+  addHeldBytes(state, app, msg.bytes);
   if (app.heldTimerAt > expiresAt) {
     app.heldTimerAt = expiresAt;
     state.timers.push(expiresAt, { kind: 'app', app });
   }
-  return true;
 }
 
 function describeTarget(msg: Routed): string {
@@ -300,8 +319,9 @@ export function expireHeld(state: State, out: Output[], app: AppState, now: numb
  */
 export function deliverHeld(state: State, out: Output[], session: Session): void {
   const app = session.app;
-  if (app.held.length === 0 || session.conn === null) return;
-  const batching = state.flushes >= 0;
+  if (app.held.length === 0 || !(session.conn !== null || (session.node !== undefined && isReachable(state, session)))) return;
+  // Another node's session is handed its events through that node, which batches them itself.
+  const batching = state.flushes >= 0 && session.node === undefined;
   const work = { left: state.config.maxQueryWork };
   const maxCount = Math.max(1, state.config.replayMaxCount >> 1);
   const maxBytes = Math.max(1, state.config.replayMaxBytes >> 1);
@@ -347,6 +367,7 @@ const NONE: Outcome = Object.freeze({ delivered: 0, queued: 0 });
 const HELD: Outcome = Object.freeze({ delivered: 0, queued: 1 });
 
 export function route(state: State, out: Output[], msg: Routed, now: number): Outcome {
+  state.counters.dispatches++;
   const outcome = routeTo(state, out, msg, now);
   // Kept events hold their JSON text, not the decoded data (see Routed.d).
   msg.d = undefined;
@@ -354,12 +375,11 @@ export function route(state: State, out: Output[], msg: Routed, now: number): Ou
 }
 
 function routeTo(state: State, out: Output[], msg: Routed, now: number): Outcome {
-  state.counters.dispatches++;
   const target = msg.target;
   const work = queryWork(state, msg);
   if (target.client_id !== undefined) {
     const session = state.apps.get(target.app_name)?.byClient.get(target.client_id);
-    if (session && matches(session, msg, work)) {
+    if (session && matches(session, msg, work) && (session.node === undefined || canHandTo(state, session))) {
       if (deliver(state, out, session, msg)) return ONE;
       undeliverable(state, out, msg, hubFullReason(state));
       return NONE;
@@ -370,20 +390,23 @@ function routeTo(state: State, out: Output[], msg: Routed, now: number): Outcome
   const app = state.apps.get(target.app_name);
   if (target.mode === 'all') {
     if (!app) return NONE;
+    if (state.cluster?.linked) return routeAllInCluster(state, out, msg, app.sessions, work);
     let delivered = 0;
     if (work === undefined) {
       for (const session of app.sessions) {
-        if (session.key !== msg.senderKey && deliver(state, out, session, msg)) delivered++;
+        if (session.node === undefined && session.key !== msg.senderKey && deliver(state, out, session, msg)) delivered++;
       }
     } else {
       // Every recipient is found before any is handed the event, so a spent budget refuses it whole.
-      const recipients = app.sessions.filter((session) => session.key !== msg.senderKey && matches(session, msg, work));
+      const recipients = app.sessions.filter((session) => session.node === undefined && session.key !== msg.senderKey && matches(session, msg, work));
       if (work.left < 0) return tooCostly(state, out, msg);
       for (const session of recipients) if (deliver(state, out, session, msg)) delivered++;
     }
     return delivered === 1 ? ONE : delivered === 0 ? NONE : { delivered, queued: 0 };
   }
-  const eligible = (session: Session) => session.conn !== null && session.key !== msg.senderKey && matches(session, msg, work);
+  const eligible = state.cluster
+    ? (session: Session) => isReachable(state, session) && session.key !== msg.senderKey && matches(session, msg, work)
+    : (session: Session) => session.conn !== null && session.key !== msg.senderKey && matches(session, msg, work);
   const picked = app && (target.key === undefined ? pickRoundRobin(app, eligible) : pickRendezvous(app, target.key, eligible));
   if (work !== undefined && work.left < 0) return tooCostly(state, out, msg);
   if (picked) {
@@ -392,6 +415,29 @@ function routeTo(state: State, out: Output[], msg: Routed, now: number): Outcome
     return ONE;
   }
   return hold(state, out, msg, now) ? HELD : NONE;
+}
+
+/**
+ * Mode all on a linked node: counted against this node's view of the
+ * registry, then published on the bus, from which every node (this one
+ * too) delivers it to its own matching sessions in the bus's one order.
+ */
+function routeAllInCluster(state: State, out: Output[], msg: Routed, sessions: Session[], work: QueryWork | undefined): Outcome {
+  let delivered = 0;
+  for (const session of sessions) if (session.key !== msg.senderKey && matches(session, msg, work)) delivered++;
+  if (work !== undefined && work.left < 0) return tooCostly(state, out, msg);
+  if (delivered > 0) relayAll(state, out, msg);
+  return delivered === 1 ? ONE : delivered === 0 ? NONE : { delivered, queued: 0 };
+}
+
+/**
+ * An event another node relayed for a session that is not here (it moved on,
+ * or ended): routed again from here, or held here once it has moved too often.
+ */
+export function reroute(state: State, out: Output[], msg: Routed, now: number): void {
+  if (tooManyHops(msg)) hold(state, out, msg, now);
+  else routeTo(state, out, msg, now);
+  msg.d = undefined;
 }
 
 /**

@@ -182,6 +182,50 @@ export function sessionRecord(session: Session): SessionRecord {
   return record;
 }
 
+/** A session's buffered events from `s` = `from` on, as storage rows. */
+export function replayRecords(session: Session, from = session.replayFirst): ReplayRecord[] {
+  const rows: ReplayRecord[] = [];
+  const first = session.replayFirst;
+  for (let s = Math.max(from, first); s < first + session.replay.length; s++) {
+    const entry = session.replay.at(s - first);
+    rows.push(typeof entry === 'string' ? { ord: session.ordinal, s, text: entry } : { ord: session.ordinal, s, msg: routedRecord(entry) });
+  }
+  return rows;
+}
+
+/**
+ * A session rebuilt from its record and replay rows, added to the state under
+ * `ordinal`, without a connection and without a timer (the caller decides
+ * when it expires). Rows must be sorted by `s`; a gap (a row storage lost)
+ * cuts the buffer there, as an eviction would.
+ */
+export function sessionFromRecord(state: State, record: SessionRecord, all: ReplayRecord[], ordinal: number): Session {
+  const config = state.config;
+  const metadata = emptyMetadata();
+  mergeMetadata(metadata, record.md, Infinity);
+  const session = newSession(getApp(state, record.app), record.id, metadata, ordinal, record.at, record.seq);
+  session.writtenUpTo = record.wr;
+  session.authority = record.au ?? 'password';
+  session.dispatchTo = record.dt === undefined ? undefined : new Set(record.dt);
+  session.fixedMeta = record.fm;
+  session.expiresAt = record.exp;
+  // Entries are consecutive and end at `seq`.
+  let from = all.length;
+  while (from > 0 && all[from - 1]!.s === record.seq - (all.length - from)) from--;
+  const rows = from === 0 ? all : all.slice(from);
+  if (rows.length > 0) session.replayFirst = rows[0]!.s;
+  for (const row of rows) {
+    const entry = row.text ?? routedFrom(row.msg!, config);
+    session.replay.push(entry);
+    session.replayBytes += entryBytes(entry);
+    state.memory.replay += entryBytes(entry);
+  }
+  state.memory.metadata += session.metadataBytes;
+  state.sessions.set(session.key, session);
+  joinApp(session);
+  return session;
+}
+
 /** Which replay rows storage holds for a session: `s` from `first` to `last`. */
 interface StoredSession {
   ord: number;
@@ -328,10 +372,7 @@ export class Persister {
     const first = live.replayFirst;
     const last = first + replay.length - 1;
     if (stored && stored.first < first && stored.last >= stored.first) changes.trimReplay.push({ ord: stored.ord, below: first, from: stored.first });
-    for (let s = Math.max(first, (stored?.last ?? 0) + 1); s <= last; s++) {
-      const entry = replay.at(s - first);
-      changes.replay.push(typeof entry === 'string' ? { ord: live.ordinal, s, text: entry } : { ord: live.ordinal, s, msg: routedRecord(entry) });
-    }
+    changes.replay.push(...replayRecords(live, Math.max(first, (stored?.last ?? 0) + 1)));
     plan.sessions.set(key, { ord: live.ordinal, first, last });
   }
 
@@ -393,32 +434,11 @@ export class Persister {
     const sessions = [...stored.sessions].sort((a, b) => a.ord - b.ord);
     for (const record of sessions) {
       const key = sessionKey(record.app, record.id);
-      const metadata = emptyMetadata();
-      mergeMetadata(metadata, record.md, Infinity);
-      const session = newSession(getApp(state, record.app), record.id, metadata, record.ord, record.at, record.seq);
-      session.writtenUpTo = record.wr;
-      session.authority = record.au ?? 'password';
-      session.dispatchTo = record.dt === undefined ? undefined : new Set(record.dt);
-      session.fixedMeta = record.fm;
-      session.expiresAt = record.exp;
+      // A row storage lost (see docs/cloudflare.md, failed writes) cuts the buffer there.
       const all = (replayByOrd.get(record.ord) ?? []).sort((a, b) => a.s - b.s);
-      // Entries are consecutive and end at `seq`. A row storage lost (see
-      // docs/cloudflare.md, failed writes) cuts the buffer there, as an eviction would.
-      let from = all.length;
-      while (from > 0 && all[from - 1]!.s === record.seq - (all.length - from)) from--;
-      const rows = from === 0 ? all : all.slice(from);
-      if (rows.length > 0) session.replayFirst = rows[0]!.s;
-      for (const row of rows) {
-        const entry = row.text ?? routedFrom(row.msg!, config);
-        session.replay.push(entry);
-        session.replayBytes += entryBytes(entry);
-        state.memory.replay += entryBytes(entry);
-      }
+      const session = sessionFromRecord(state, record, all, record.ord);
       // Rows cut above still count as stored, so the next flush trims them.
       persister.sessions.set(key, { ord: record.ord, first: all[0]?.s ?? record.seq + 1, last: all.at(-1)?.s ?? record.seq });
-      state.memory.metadata += session.metadataBytes;
-      state.sessions.set(key, session);
-      joinApp(session);
       if (record.ord >= state.nextOrdinal) state.nextOrdinal = record.ord + 1;
 
       const conn = record.conn === null ? undefined : state.conns.get(record.conn);

@@ -2,7 +2,7 @@
 // (app_name, client_id), held queues, and the deadline heap. Only `step`
 // changes it.
 
-import type { AuthFailures } from './auth.ts';
+import type { AuthFailures, Claims } from './auth.ts';
 import type { ConnId, CoreConfig } from './io.ts';
 import type { MetadataRecord } from './metadata.ts';
 import type { Sender, Target, Wire } from './protocol.ts';
@@ -32,6 +32,8 @@ export interface Routed {
   packHead?: Uint8Array;
   /** What the event costs while kept: its JSON text plus its query, counted against every bound. */
   bytes: number;
+  /** In a cluster: how many times nodes relayed it to another node for a recipient that had moved on. */
+  hops?: number | undefined;
 }
 
 /**
@@ -149,6 +151,8 @@ export interface Conn {
   unflushedFrom: number;
   /** The `s` of the oldest routed event still queued in the host, not yet given to its transport. */
   queuedFrom: number;
+  /** In a cluster: the session key its IDENTIFY waits to be claimed or handed over from another node. */
+  claimKey?: string | undefined;
   /** The session it held before the server closed it: what its transport then drops is that session's. */
   lastSession: Session | null;
   /** The flush during which it was last written to, and the first `s` written then (see State.flushes). */
@@ -230,6 +234,33 @@ export interface State {
   draining: boolean;
   counters: Counters;
   changes?: Changes;
+  /** Present when this hub is one node of a cluster (CoreConfig.cluster). */
+  cluster?: ClusterState;
+}
+
+/** An IDENTIFY waiting for its session to be claimed in the cluster, or handed over by the node that owns it. */
+export interface PendingClaim {
+  conn: Conn;
+  identify: Identify;
+  claims: Claims | undefined;
+  /** The node asked to hand the session over; '' while the claim itself is pending. */
+  asked: string;
+  attempts: number;
+}
+
+export interface ClusterState {
+  /** This node's id (the worker id). */
+  self: string;
+  /** Linked to the cluster: registry changes and relays reach the other nodes. */
+  linked: boolean;
+  /** Live nodes, this one included. */
+  nodes: Set<string>;
+  claiming: Map<string, PendingClaim>;
+  /** Sessions of this node whose registry entry changed during this step; null: the session ended. */
+  changed: Map<string, Session | null>;
+  /** Node messages sent and read, for metrics. */
+  relayed: number;
+  received: number;
 }
 
 export function createState(config: CoreConfig): State {
@@ -251,6 +282,9 @@ export function createState(config: CoreConfig): State {
     overBound: new Set(),
     authFailures: new Map(),
     draining: false,
+    ...(config.cluster
+      ? { cluster: { self: config.worker, linked: false, nodes: new Set([config.worker]), claiming: new Map(), changed: new Map(), relayed: 0, received: 0 } }
+      : {}),
     counters: { framesIn: 0, framesOut: 0, dispatches: 0, deliveries: 0, queued: 0, undeliverable: 0, errors: {}, refused: {}, slowConsumers: 0 },
   };
 }

@@ -62,6 +62,7 @@ import {
   type State,
 } from './state.ts';
 import { closeConn, createRouted, fail, send, sendHeartbeatAck, sendRouted } from './wire.ts';
+import { adopt, claimed, claimSession, handleNodeMessages, linkChanged, noteChanged, noteEnded, publishChanges } from './cluster.ts';
 
 const HTTP_SENDER = { from: { app_name: HTTP_SENDER_APP }, fromJson: JSON.stringify({ app_name: HTTP_SENDER_APP }) };
 
@@ -112,7 +113,7 @@ export function step(state: State, input: Input): [State, Output[]] {
       httpDispatch(state, out, input.request, input.body, input.now);
       break;
     case 'shutdown':
-      shutdown(state, out);
+      shutdown(state, out, input.now);
       break;
     case 'backlog':
       if (input.lost) dropped(state, input.conn, input.unflushedFrom);
@@ -134,8 +135,21 @@ export function step(state: State, input: Input): [State, Output[]] {
     case 'verified':
       verified(state, out, input.conn, input.claims, input.error, input.now);
       break;
+    case 'node':
+      if (state.cluster) handleNodeMessages(state, out, input.from, input.msgs, input.now);
+      break;
+    case 'link':
+      if (state.cluster) linkChanged(state, out, input.up, input.nodes);
+      break;
+    case 'claimed':
+      if (state.cluster) claimed(state, out, input.key, input.owner, input.now);
+      break;
+    case 'adopt':
+      if (state.cluster) adopt(state, out, input.node, input.stored, input.inbox, input.bus, input.now);
+      break;
   }
   if (state.slowConns.length > 0) cutSlowConsumers(state, out, input.now);
+  if (state.cluster && state.cluster.changed.size > 0) publishChanges(state, out);
   return [state, out];
 }
 
@@ -189,7 +203,7 @@ function armConn(state: State, conn: Conn): void {
 const RESUMABLE_CLOSES: ReadonlySet<number> = new Set([Close.TIMEOUT, Close.SLOW_CONSUMER, Close.INTERNAL_ERROR]);
 
 /** Closes on a protocol error; the session ends unless the close leaves it resumable. */
-function reject(state: State, out: Output[], conn: Conn, code: CloseCode, reason: string, now: number): void {
+export function reject(state: State, out: Output[], conn: Conn, code: CloseCode, reason: string, now: number): void {
   fail(state, out, conn, code, reason);
   const session = conn.session;
   if (!session) return;
@@ -270,8 +284,9 @@ function cutSlowConsumers(state: State, out: Output[], now: number): void {
   }
 }
 
-function detach(state: State, conn: Conn, session: Session): void {
+export function detach(state: State, conn: Conn, session: Session): void {
   touchSession(state, session);
+  noteChanged(state, session);
   conn.session = null;
   conn.lastSession = session;
   session.conn = null;
@@ -282,6 +297,7 @@ function transportClosed(state: State, out: Output[], id: ConnId, code: number |
   const conn = state.conns.get(id);
   if (!conn) return;
   state.conns.delete(id);
+  if (conn.claimKey !== undefined && state.cluster?.claiming.get(conn.claimKey)?.conn === conn) state.cluster.claiming.delete(conn.claimKey);
   const session = conn.session;
   if (!conn.closing) {
     state.liveConns--;
@@ -340,7 +356,7 @@ function message(state: State, out: Output[], conn: Conn, data: string | Uint8Ar
     case Op.HEARTBEAT:
       return heartbeat(state, out, conn, now);
     case Op.IDENTIFY:
-      if (conn.session || conn.verifying) return reject(state, out, conn, Close.FORBIDDEN, 'IDENTIFY: already identified', now);
+      if (conn.session || conn.verifying || conn.claimKey !== undefined) return reject(state, out, conn, Close.FORBIDDEN, 'IDENTIFY: already identified', now);
       return identify(state, out, conn, frame.d, now);
     case Op.ABOUT_ME:
       if (!conn.session) return reject(state, out, conn, Close.FORBIDDEN, 'ABOUT_ME before IDENTIFY', now);
@@ -422,13 +438,33 @@ function authFailed(state: State, out: Output[], conn: Conn, reason: string, now
   reject(state, out, conn, Close.BAD_PASSWORD, reason, now);
 }
 
+/** IDENTIFY, once the cluster (if any) has made its session this node's. */
+export function admitOwned(state: State, out: Output[], conn: Conn, d: Identify, claims: Claims | undefined, now: number): void {
+  admit(state, out, conn, d, claims, now, true);
+}
+
 /** IDENTIFY with a password that matched, or a token whose claims allow it. */
-function admit(state: State, out: Output[], conn: Conn, d: Identify, claims: Claims | undefined, now: number): void {
+function admit(state: State, out: Output[], conn: Conn, d: Identify, claims: Claims | undefined, now: number, owned = false): void {
   const key = sessionKey(d.app_name, d.client_id);
-  const existing = state.sessions.get(key);
+  const found = state.sessions.get(key);
   const authority = authorityOf(claims);
-  if (existing && !mayTakeOver(existing.authority, authority)) {
+  if (found && !mayTakeOver(found.authority, authority)) {
     return reject(state, out, conn, Close.FORBIDDEN, `IDENTIFY: this token may not take over ${d.app_name}/${d.client_id}`, now);
+  }
+  const cluster = state.cluster;
+  if (cluster && !owned && (found ? found.node !== undefined : cluster.linked)) {
+    // Another node's session, or a new one: the cluster must agree it is ours first.
+    return claimSession(state, out, conn, d, claims, found, now);
+  }
+  // Claimed for this node while the replica still named the old owner: that entry goes.
+  if (found?.node !== undefined) dropLocalSession(state, found);
+  const existing = found?.node === undefined ? found : undefined;
+  if (cluster && existing && d.reconnect === true && d.seq !== undefined && d.seq > existing.seq) {
+    // Events the old owner wrote but had not stored when it died or was cut
+    // off: the client has them, so numbering goes on after them.
+    existing.seq = d.seq;
+    clearReplay(state, existing);
+    existing.writtenUpTo = d.seq;
   }
   if (existing?.conn && !d.reconnect) {
     return reject(state, out, conn, Close.CONFLICT, `IDENTIFY: ${d.app_name}/${d.client_id} is already connected`, now);
@@ -470,6 +506,7 @@ function admit(state: State, out: Output[], conn: Conn, d: Identify, claims: Cla
   session.conn = conn;
   session.connectedAt = now;
   conn.session = session;
+  noteChanged(state, session);
   if (conn.tokenExpiresAt < conn.timerAt) armConn(state, conn);
   state.unidentifiedConns--;
   touchSession(state, session);
@@ -504,15 +541,36 @@ function replay(state: State, out: Output[], conn: Conn, session: Session, seq: 
   session.writtenUpTo = session.seq;
 }
 
-function keepResumable(state: State, out: Output[], session: Session, now: number): void {
-  if (state.draining || state.config.resumeWindow <= 0) return endSession(state, out, session, now);
+export function keepResumable(state: State, out: Output[], session: Session, now: number): void {
+  // A draining node of a cluster keeps its sessions for other nodes to take over.
+  if ((state.draining && !state.cluster) || state.config.resumeWindow <= 0) return endSession(state, out, session, now);
   touchSession(state, session);
   session.expiresAt = now + state.config.resumeWindow;
   state.timers.push(session.expiresAt, { kind: 'session', session });
 }
 
+/**
+ * Removes a session of this node without requeueing anything: it now lives
+ * on another node (handed over, or claimed there), or was only this node's
+ * replica of one.
+ */
+export function dropLocalSession(state: State, session: Session): void {
+  if (state.sessions.get(session.key) !== session) return;
+  state.sessions.delete(session.key);
+  touchSession(state, session);
+  leaveApp(session);
+  if (session.node === undefined) {
+    state.memory.metadata -= session.metadataBytes;
+    clearReplay(state, session);
+    state.overBound.delete(session);
+    state.heldWaiting.delete(session);
+  }
+  forgetAppIfEmpty(state, session.app);
+}
+
 function endSession(state: State, out: Output[], session: Session, now: number): void {
   if (state.sessions.get(session.key) !== session) return;
+  noteEnded(state, session);
   state.sessions.delete(session.key);
   touchSession(state, session);
   state.memory.metadata -= session.metadataBytes;
@@ -550,6 +608,7 @@ function aboutMe(state: State, out: Output[], conn: Conn, session: Session, payl
   const refusal = mergeWithinLimits(state, session, payload, 'ABOUT_ME');
   if (refusal) return reject(state, out, conn, refusal.code, refusal.reason, now);
   touchSession(state, session);
+  noteChanged(state, session);
   deliverHeld(state, out, session);
 }
 
@@ -639,9 +698,10 @@ function tick(state: State, out: Output[], now: number): void {
   }
 }
 
-function shutdown(state: State, out: Output[]): void {
+function shutdown(state: State, out: Output[], now: number): void {
   if (state.draining) return;
   state.draining = true;
+  if (state.cluster) return drainNode(state, out, now);
   // Held events will never find a recipient on this instance: tell their senders first.
   for (const app of state.apps.values()) {
     for (const held of app.held) if (!held.done) undeliverable(state, out, held.msg, 'server is shutting down');
@@ -678,3 +738,32 @@ function shutdown(state: State, out: Output[]): void {
   out.push({ type: 'log', level: 'info', msg: 'shutting down', fields: { connections: state.conns.size } });
 }
 
+
+/**
+ * A node of a cluster leaving: GO_AWAY to every connection, but its sessions
+ * and held events stay, stored, for the clients to resume on other nodes
+ * (each asks this node to hand its session over) and for another node to
+ * adopt what is left once this one has gone.
+ */
+function drainNode(state: State, out: Output[], now: number): void {
+  const behind: Conn[] = [];
+  for (const conn of state.conns.values()) {
+    if (conn.closing || conn.backlog === 0 || !conn.session) continue;
+    out.push({ type: 'discard', conn: conn.id });
+    forgetQueued(state, conn, conn.session);
+    behind.push(conn);
+  }
+  for (const conn of state.conns.values()) {
+    if (conn.closing) continue;
+    send(state, out, conn, { op: Op.GO_AWAY, d: GO_AWAY_TEXT });
+    closeConn(state, out, conn, Close.GOING_AWAY, GO_AWAY_TEXT);
+    const session = conn.session;
+    if (session) {
+      forgetUnflushed(state, conn, session);
+      detach(state, conn, session);
+      keepResumable(state, out, session, now);
+    }
+  }
+  for (const conn of behind) out.push({ type: 'terminate', conn: conn.id });
+  out.push({ type: 'log', level: 'info', msg: 'shutting down', fields: { connections: state.conns.size, sessions: state.sessions.size } });
+}

@@ -17,7 +17,9 @@ export type Event =
   | { rejected: string; status: number }
   | { conn: number; terminate: true }
   | { conn: number; verify: string }
-  | { conn: number; discard: true };
+  | { conn: number; discard: true }
+  | { relay: unknown; to: string | undefined }
+  | { claim: unknown };
 
 export const JSON_WIRE: Wire = { format: 'json', compression: 'none' };
 
@@ -58,6 +60,10 @@ export class Sim {
         return { conn: output.conn, verify: output.token };
       case 'discard':
         return { conn: output.conn, discard: true };
+      case 'relay':
+        return { relay: output.msg, to: output.to };
+      case 'claim':
+        return { claim: output };
     }
   }
 

@@ -1,0 +1,464 @@
+// One node of a cluster: the replica of other nodes' sessions this node routes
+// to, the node messages it relays and handles (registry entries, events for a
+// session elsewhere, mode-all on the bus, release/handoff of a session a client
+// resumes on another node, adoption of a dead node's state) and the claims
+// that keep (app_name, client_id) unique across nodes. docs/cluster.md has the
+// design; nothing here does I/O: the host's link carries `relay` and `claim`.
+
+import type { Claims } from './auth.ts';
+import type { NodeMessage, RegistryEntry } from './cluster-messages.ts';
+import { deliver, deliverHeld, insertHeld, matches, reroute, undeliverable } from './delivery.ts';
+import type { Output } from './io.ts';
+import { emptyMetadata, mergeMetadata } from './metadata.ts';
+import { replayRecords, routedFrom, routedRecord, sessionFromRecord, type ReplayRecord, type SessionRecord, type Stored } from './persist.ts';
+import { Close, Op, TAKEN_OVER_TEXT } from './protocol.ts';
+import {
+  forgetAppIfEmpty,
+  getApp,
+  joinApp,
+  leaveApp,
+  newSession,
+  sessionKey,
+  touchSession,
+  type ClusterState,
+  type Conn,
+  type Identify,
+  type Routed,
+  type Session,
+  type State,
+} from './state.ts';
+import { admitOwned, detach, dropLocalSession, keepResumable, reject } from './step.ts';
+import { fail, send } from './wire.ts';
+
+/** Relays an event may take chasing a session that keeps moving before it is held where it is. */
+const MAX_HOPS = 3;
+/** Times an IDENTIFY asks another owner before giving up with 4503. */
+const MAX_CLAIM_ATTEMPTS = 5;
+
+function relay(cluster: ClusterState, out: Output[], to: string | undefined, msg: NodeMessage): void {
+  cluster.relayed++;
+  out.push({ type: 'relay', to, msg });
+}
+
+/** Whether a session can take a mode-one event now: connected here, or connected on a live node we can reach. */
+export function isReachable(state: State, session: Session): boolean {
+  if (session.node === undefined) return session.conn !== null;
+  const cluster = state.cluster!;
+  return cluster.linked && session.remoteConnected === true && cluster.nodes.has(session.node);
+}
+
+/** Whether routing may hand an event to this session: any local one, a remote one only while linked. */
+export function canHandTo(state: State, session: Session): boolean {
+  return session.node === undefined || state.cluster!.linked;
+}
+
+/** Hands an event to the node that owns `session`; that node now owes it to the session. */
+export function relayEvent(state: State, out: Output[], session: Session, msg: Routed): void {
+  state.counters.deliveries++;
+  relay(state.cluster!, out, session.node, { t: 'event', to: session.key, msg: routedRecord(msg), hops: msg.hops ?? 0 });
+}
+
+/** Mode all while linked: every node (this one too) delivers it from the bus, so all recipients see one order. */
+export function relayAll(state: State, out: Output[], msg: Routed): void {
+  relay(state.cluster!, out, undefined, { t: 'all', msg: routedRecord(msg) });
+}
+
+/** NERVE_UNDELIVERABLE for a sender that lives on another node. */
+export function relayUndeliverable(state: State, out: Output[], sender: Session, msg: Routed, reason: string): void {
+  if (!state.cluster!.linked) return;
+  relay(state.cluster!, out, sender.node, { t: 'undeliverable', to: sender.key, e: msg.e, reason, nonce: msg.nonce });
+}
+
+// ── the registry ───────────────────────────────────────────────────────────
+
+/** A local session's registry entry changed (identified, metadata, connected or not): published as the step ends. */
+export function noteChanged(state: State, session: Session): void {
+  if (state.cluster && session.node === undefined) state.cluster.changed.set(session.key, session);
+}
+
+/** A local session ended: its entry is withdrawn as the step ends. */
+export function noteEnded(state: State, session: Session): void {
+  if (state.cluster && session.node === undefined) state.cluster.changed.set(session.key, null);
+}
+
+function entryOf(state: State, session: Session): RegistryEntry {
+  return {
+    app: session.app.name,
+    id: session.clientId,
+    node: state.cluster!.self,
+    connected: session.conn !== null,
+    md: session.metadata,
+    at: session.connectedAt,
+    au: session.authority,
+  };
+}
+
+/** Publishes the registry changes of this step on the bus (while unlinked, the resync on link-up publishes all). */
+export function publishChanges(state: State, out: Output[]): void {
+  const cluster = state.cluster!;
+  if (cluster.linked) {
+    for (const [key, session] of cluster.changed) {
+      const live = state.sessions.get(key);
+      if (session !== null && live === session) relay(cluster, out, undefined, { t: 'up', ...entryOf(state, session) });
+      else if (live === undefined) {
+        const [app, id] = splitKey(key);
+        relay(cluster, out, undefined, { t: 'down', app, id, node: cluster.self });
+      }
+    }
+  }
+  cluster.changed.clear();
+}
+
+function splitKey(key: string): [string, string] {
+  const at = key.indexOf('\u0000');
+  return [key.slice(0, at), key.slice(at + 1)];
+}
+
+/** Adds or updates another node's session in this node's replica. */
+function upsertRemote(state: State, out: Output[], entry: RegistryEntry): void {
+  const key = sessionKey(entry.app, entry.id);
+  let session = state.sessions.get(key);
+  if (session && session.node === undefined) {
+    // Ours by our claim; the other node's entry is stale or it is about to be fenced.
+    return;
+  }
+  const metadata = emptyMetadata();
+  mergeMetadata(metadata, entry.md, Infinity);
+  if (!session) {
+    session = newSession(getApp(state, entry.app), entry.id, metadata, state.nextOrdinal++, entry.at);
+    state.sessions.set(key, session);
+    joinApp(session);
+  } else {
+    session.metadata = metadata.metadata;
+    session.metadataSizes = metadata.metadataSizes;
+    session.metadataBytes = metadata.metadataBytes;
+  }
+  session.node = entry.node;
+  session.remoteConnected = entry.connected;
+  session.connectedAt = entry.at;
+  session.authority = entry.au;
+  const pending = state.cluster!.claiming.get(key);
+  if (pending && pending.asked !== '' && pending.asked !== entry.node) askOwner(state, out, key, pending, entry.node);
+  // Events held here for no one may be this session's now.
+  if (isReachable(state, session)) deliverHeld(state, out, session);
+}
+
+function removeRemote(state: State, session: Session): void {
+  state.sessions.delete(session.key);
+  leaveApp(session);
+  forgetAppIfEmpty(state, session.app);
+}
+
+// ── claims, release and handoff ────────────────────────────────────────────
+
+/**
+ * An IDENTIFY for a session this node does not own (or a new one while
+ * linked): the cluster must agree first. A session of another node is asked
+ * for with `release`; a new one is claimed. The connection waits, without a
+ * session, under its identify deadline.
+ */
+export function claimSession(state: State, out: Output[], conn: Conn, d: Identify, claims: Claims | undefined, existing: Session | undefined, now: number): void {
+  const cluster = state.cluster!;
+  const key = sessionKey(d.app_name, d.client_id);
+  if (!cluster.linked) {
+    return reject(state, out, conn, Close.AT_CAPACITY, `IDENTIFY: ${d.app_name}/${d.client_id} lives on node ${existing!.node}, which this node cannot reach while its cluster link is down; retry`, now);
+  }
+  if (cluster.claiming.has(key)) {
+    return reject(state, out, conn, Close.CONFLICT, `IDENTIFY: another IDENTIFY for ${d.app_name}/${d.client_id} is in progress`, now);
+  }
+  const pending = { conn, identify: d, claims, asked: '', attempts: 0 };
+  cluster.claiming.set(key, pending);
+  conn.claimKey = key;
+  if (existing?.node !== undefined) askOwner(state, out, key, pending, existing.node);
+  else out.push({ type: 'claim', app: d.app_name, client: d.client_id, node: cluster.self, expected: '', answer: true });
+}
+
+function askOwner(state: State, out: Output[], key: string, pending: { conn: Conn; identify: Identify; asked: string; attempts: number }, node: string): void {
+  const cluster = state.cluster!;
+  if (++pending.attempts > MAX_CLAIM_ATTEMPTS) {
+    return giveUp(state, out, key, `the cluster could not hand ${pending.identify.app_name}/${pending.identify.client_id} over; retry`);
+  }
+  pending.asked = node;
+  relay(cluster, out, node, { t: 'release', key, node: cluster.self, reconnect: pending.identify.reconnect === true });
+}
+
+function giveUp(state: State, out: Output[], key: string, reason: string): void {
+  const pending = state.cluster!.claiming.get(key);
+  if (!pending) return;
+  state.cluster!.claiming.delete(key);
+  pending.conn.claimKey = undefined;
+  if (isWaiting(state, pending.conn)) reject(state, out, pending.conn, Close.AT_CAPACITY, `IDENTIFY: ${reason}`, 0);
+}
+
+function isWaiting(state: State, conn: Conn): boolean {
+  return state.conns.get(conn.id) === conn && !conn.closing;
+}
+
+/** The claim is settled and the session (if any) is this node's: the IDENTIFY goes on. */
+function proceed(state: State, out: Output[], key: string, now: number): void {
+  const cluster = state.cluster!;
+  const pending = cluster.claiming.get(key);
+  if (!pending) return;
+  cluster.claiming.delete(key);
+  pending.conn.claimKey = undefined;
+  if (isWaiting(state, pending.conn)) admitOwned(state, out, pending.conn, pending.identify, pending.claims, now);
+}
+
+/** The link's answer to a claim. */
+export function claimed(state: State, out: Output[], key: string, owner: string | undefined, now: number): void {
+  const cluster = state.cluster!;
+  const pending = cluster.claiming.get(key);
+  if (pending && pending.asked === '') {
+    if (owner === undefined || owner === cluster.self) return proceed(state, out, key, now);
+    return askOwner(state, out, key, pending, owner);
+  }
+  // A re-claim after the link came back: someone else owns it now, so this node must stop serving it.
+  const session = state.sessions.get(key);
+  if (owner !== undefined && owner !== cluster.self && session && session.node === undefined) fence(state, out, session, owner);
+}
+
+function fence(state: State, out: Output[], session: Session, owner: string): void {
+  const conn = session.conn;
+  if (conn) {
+    fail(state, out, conn, Close.CONFLICT, TAKEN_OVER_TEXT);
+    detach(state, conn, session);
+  }
+  dropLocalSession(state, session);
+  state.cluster!.changed.delete(session.key);
+  out.push({ type: 'log', level: 'warn', msg: 'session owned by another node: dropped here', fields: { app_name: session.app.name, client_id: session.clientId, owner } });
+}
+
+/** Another node has a client identifying as one of our sessions. */
+function release(state: State, out: Output[], key: string, asker: string, reconnect: boolean, now: number): void {
+  const cluster = state.cluster!;
+  const session = state.sessions.get(key);
+  if (!session) return relay(cluster, out, asker, { t: 'handoff', key });
+  if (session.node !== undefined) {
+    return relay(cluster, out, asker, session.node === asker ? { t: 'handoff', key } : { t: 'handoff', key, moved: session.node });
+  }
+  if (session.conn && !reconnect) return relay(cluster, out, asker, { t: 'handoff', key, refused: 'connected' });
+  const conn = session.conn;
+  if (conn) {
+    fail(state, out, conn, Close.CONFLICT, TAKEN_OVER_TEXT);
+    detach(state, conn, session);
+    // Whatever the transport still held is not known to have arrived: the buffer covers it.
+    session.writtenUpTo = Math.min(session.writtenUpTo, conn.unflushedFrom - 1, conn.queuedFrom - 1);
+  }
+  const record: SessionRecord = handoffRecord(session, now);
+  const replay: ReplayRecord[] = replayRecords(session);
+  dropLocalSession(state, session);
+  cluster.changed.delete(key);
+  // Until the new owner publishes, events for the session go to it.
+  upsertRemote(state, out, { app: record.app, id: record.id, node: asker, connected: false, md: record.md, at: record.at, au: record.au ?? 'password' });
+  out.push({ type: 'claim', app: record.app, client: record.id, node: asker, expected: cluster.self, answer: false });
+  relay(cluster, out, asker, { t: 'handoff', key, session: record, replay });
+  out.push({ type: 'log', level: 'info', msg: 'session handed over', fields: { app_name: record.app, client_id: record.id, to: asker } });
+}
+
+function handoffRecord(session: Session, now: number): SessionRecord {
+  return {
+    ord: session.ordinal,
+    app: session.app.name,
+    id: session.clientId,
+    md: { ...session.metadata },
+    conn: null,
+    at: session.connectedAt,
+    seq: session.seq,
+    exp: now + 0,
+    wr: session.writtenUpTo,
+    ...(session.authority !== 'password' ? { au: session.authority } : {}),
+    ...(session.dispatchTo !== undefined ? { dt: [...session.dispatchTo] } : {}),
+    ...(session.fixedMeta !== undefined ? { fm: session.fixedMeta } : {}),
+  };
+}
+
+/** Makes a session handed over or adopted from another node this node's, waiting to be resumed. */
+function importSession(state: State, out: Output[], record: SessionRecord, rows: ReplayRecord[], now: number): Session {
+  const key = sessionKey(record.app, record.id);
+  const existing = state.sessions.get(key);
+  if (existing) {
+    if (existing.node === undefined) return existing;
+    removeRemote(state, existing);
+  }
+  const sorted = [...rows].sort((a, b) => a.s - b.s);
+  const session = sessionFromRecord(state, record, sorted, state.nextOrdinal++);
+  touchSession(state, session);
+  keepResumable(state, out, session, Math.max(now, record.exp - state.config.resumeWindow));
+  noteChanged(state, session);
+  return session;
+}
+
+function handoff(state: State, out: Output[], from: string, msg: Extract<NodeMessage, { t: 'handoff' }>, now: number): void {
+  const cluster = state.cluster!;
+  const key = msg.key;
+  if (msg.session) importSession(state, out, msg.session, msg.replay ?? [], now);
+  const pending = cluster.claiming.get(key);
+  if (!pending) return;
+  if (msg.refused !== undefined) {
+    cluster.claiming.delete(key);
+    pending.conn.claimKey = undefined;
+    const d = pending.identify;
+    if (isWaiting(state, pending.conn)) reject(state, out, pending.conn, Close.CONFLICT, `IDENTIFY: ${d.app_name}/${d.client_id} is already connected`, now);
+    return;
+  }
+  if (msg.moved !== undefined && msg.moved !== cluster.self) return askOwner(state, out, key, pending, msg.moved);
+  if (msg.session) return proceed(state, out, key, now);
+  // The node asked has no such session: claim it from whoever the cluster says owns it.
+  const [app, client] = splitKey(key);
+  const stale = state.sessions.get(key);
+  if (stale && stale.node !== undefined) removeRemote(state, stale);
+  pending.asked = '';
+  out.push({ type: 'claim', app, client, node: cluster.self, expected: from, answer: true });
+}
+
+// ── node messages ──────────────────────────────────────────────────────────
+
+export function handleNodeMessages(state: State, out: Output[], from: string, msgs: NodeMessage[], now: number): void {
+  const cluster = state.cluster!;
+  for (const msg of msgs) {
+    cluster.received++;
+    handle(state, out, from, msg, now);
+  }
+}
+
+function handle(state: State, out: Output[], from: string, msg: NodeMessage, now: number, only?: ReadonlySet<Session>): void {
+  const cluster = state.cluster!;
+  switch (msg.t) {
+    case 'up':
+      if (msg.node !== cluster.self) upsertRemote(state, out, msg);
+      return;
+    case 'down': {
+      const session = state.sessions.get(sessionKey(msg.app, msg.id));
+      if (session && session.node === msg.node) removeRemote(state, session);
+      return;
+    }
+    case 'reset':
+      if (msg.node !== cluster.self) {
+        for (const session of [...state.sessions.values()]) if (session.node === msg.node) removeRemote(state, session);
+      }
+      return;
+    case 'all':
+      return deliverAllHere(state, out, routedFrom(msg.msg, state.config), only);
+    case 'event': {
+      const event = routedFrom(msg.msg, state.config);
+      event.hops = msg.hops;
+      return deliverRelayed(state, out, msg.to, event, now);
+    }
+    case 'hold': {
+      const event = routedFrom(msg.msg, state.config);
+      if (msg.exp <= now) return undeliverable(state, out, event, `no connected client of ${event.target.app_name} within ${state.config.queueTtl} ms`);
+      insertHeld(state, event, msg.exp);
+      for (const session of [...getApp(state, event.target.app_name).sessions]) if (isReachable(state, session)) deliverHeld(state, out, session);
+      forgetAppIfEmpty(state, getApp(state, event.target.app_name));
+      return;
+    }
+    case 'undeliverable': {
+      const sender = state.sessions.get(msg.to);
+      if (!sender) return;
+      if (sender.node !== undefined) {
+        if (sender.node !== from) relay(cluster, out, sender.node, msg);
+        return;
+      }
+      if (!sender.conn) return;
+      const frame: Record<string, unknown> = { op: Op.DISPATCH, e: 'NERVE_UNDELIVERABLE', d: { reason: msg.reason, e: msg.e } };
+      if (msg.nonce !== undefined) frame.nonce = msg.nonce;
+      send(state, out, sender.conn, frame);
+      return;
+    }
+    case 'release':
+      return release(state, out, msg.key, msg.node, msg.reconnect, now);
+    case 'handoff':
+      return handoff(state, out, from, msg, now);
+  }
+}
+
+/** A mode-all event read back from the bus: this node's matching sessions get it. */
+function deliverAllHere(state: State, out: Output[], msg: Routed, only?: ReadonlySet<Session>): void {
+  const app = state.apps.get(msg.target.app_name);
+  if (!app) return;
+  for (const session of [...app.sessions]) {
+    if (session.node !== undefined || session.key === msg.senderKey) continue;
+    if (only && !only.has(session)) continue;
+    if (matches(session, msg)) deliver(state, out, session, msg);
+  }
+}
+
+/** An event another node relayed for `to`: delivered if the session is here, else routed on from here. */
+function deliverRelayed(state: State, out: Output[], to: string, msg: Routed, now: number): void {
+  const session = state.sessions.get(to);
+  if (session && session.node === undefined) {
+    if (!deliver(state, out, session, msg)) undeliverable(state, out, msg, `hub is full: its memory budget of ${state.config.maxMemory} bytes is in use`);
+    return;
+  }
+  msg.hops = (msg.hops ?? 0) + 1;
+  reroute(state, out, msg, now);
+}
+
+export function tooManyHops(msg: Routed): boolean {
+  return (msg.hops ?? 0) >= MAX_HOPS;
+}
+
+// ── the link and adoption ──────────────────────────────────────────────────
+
+/** The link went up or down, or the live nodes changed. */
+export function linkChanged(state: State, out: Output[], up: boolean, nodes: string[]): void {
+  const cluster = state.cluster!;
+  const wasLinked = cluster.linked;
+  cluster.linked = up;
+  cluster.nodes = new Set(nodes);
+  cluster.nodes.add(cluster.self);
+  if (!up) {
+    for (const key of [...cluster.claiming.keys()]) giveUp(state, out, key, 'the cluster link was lost; retry');
+    return;
+  }
+  if (!wasLinked) {
+    // Everyone may have missed what this node did meanwhile (or Redis forgot it): say it all again.
+    relay(cluster, out, undefined, { t: 'reset', node: cluster.self });
+    for (const session of state.sessions.values()) {
+      if (session.node !== undefined) continue;
+      relay(cluster, out, undefined, { t: 'up', ...entryOf(state, session) });
+      out.push({ type: 'claim', app: session.app.name, client: session.clientId, node: cluster.self, expected: cluster.self, answer: true });
+    }
+    cluster.changed.clear();
+  }
+  // Held events may have a recipient on a node that was out of reach.
+  for (const app of [...state.apps.values()]) {
+    if (app.held.length === 0) continue;
+    for (const session of [...app.sessions]) if (session.node !== undefined && isReachable(state, session)) deliverHeld(state, out, session);
+  }
+}
+
+/** A dead node's state, claimed for this node: its sessions become ours (resumable), its held events ours to hold. */
+export function adopt(state: State, out: Output[], node: string, stored: Stored, inbox: NodeMessage[], bus: NodeMessage[], now: number): void {
+  const cluster = state.cluster!;
+  const rows = new Map<number, ReplayRecord[]>();
+  for (const row of stored.replay) {
+    let list = rows.get(row.ord);
+    if (!list) rows.set(row.ord, (list = []));
+    list.push(row);
+  }
+  const adopted = new Set<Session>();
+  for (const record of stored.sessions) {
+    // A dead node's connections are gone: its sessions are resumable from now.
+    const resumable = record.conn === null ? record : { ...record, exp: now + state.config.resumeWindow };
+    adopted.add(importSession(state, out, resumable, rows.get(record.ord) ?? [], now));
+  }
+  for (const record of stored.held) {
+    const msg = routedFrom(record.msg, state.config);
+    if (record.exp <= now) undeliverable(state, out, msg, `no connected client of ${msg.target.app_name} within ${state.config.queueTtl} ms`);
+    else insertHeld(state, msg, record.exp);
+  }
+  for (const msg of inbox) handle(state, out, node, msg, now);
+  // Mode-all events the dead node never read: only its sessions are owed them.
+  for (const msg of bus) if (msg.t === 'all') handle(state, out, node, msg, now, adopted);
+  for (const [key, pending] of [...cluster.claiming]) {
+    const session = state.sessions.get(key);
+    if (pending.asked === node && session && session.node === undefined) proceed(state, out, key, now);
+  }
+  for (const app of [...state.apps.values()]) {
+    if (app.held.length === 0) continue;
+    for (const session of [...app.sessions]) if (isReachable(state, session)) deliverHeld(state, out, session);
+  }
+  out.push({ type: 'log', level: 'warn', msg: 'adopted a node that left or died', fields: { node, sessions: adopted.size, held: stored.held.length } });
+}
+
