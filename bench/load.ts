@@ -10,6 +10,11 @@ import { Samples } from './lib/stats.ts';
 export interface LoadConfig {
   scenario: 'pairs' | 'latency' | 'fanout' | 'connections';
   port: number;
+  /**
+   * A second node of the same cluster: pairs put every consumer there (each
+   * message crosses nodes), fan-out every other consumer.
+   */
+  consumerPort?: number;
   password: string;
   warmupMs: number;
   measureMs: number;
@@ -72,8 +77,8 @@ function control(c: WsConn, buf: Buffer, s: number, e: number): void {
   else if (f.op === 8 && typeof f.e === 'string' && f.e.startsWith('NERVE_')) errors.push(`${f.e}: ${JSON.stringify(f.d)}`);
 }
 
-function identify(app: string, id: string): Promise<WsConn> {
-  return connect(cfg.port).then(
+function identify(app: string, id: string, port = cfg.port): Promise<WsConn> {
+  return connect(port).then(
     (conn) =>
       new Promise<WsConn>((resolve, reject) => {
         const timer = setTimeout(() => {
@@ -165,7 +170,7 @@ async function pairs(n: number, window: number, batched: boolean) {
   const recv = new Float64Array(n);
   const to: string[] = [];
   for (let i = 0; i < n; i++) {
-    consumers.push(await identify('bench-c', `c${i}`));
+    consumers.push(await identify('bench-c', `c${i}`, cfg.consumerPort));
     producers.push(await identify('bench-p', `p${i}`));
     to.push(JSON.stringify({ app_name: 'bench-c', client_id: `c${i}` }));
   }
@@ -220,7 +225,7 @@ async function pairs(n: number, window: number, batched: boolean) {
 
 async function fanout(nConsumers: number, window: number) {
   const consumers: WsConn[] = [];
-  for (let i = 0; i < nConsumers; i++) consumers.push(await identify('bench-fan', `f${i}`));
+  for (let i = 0; i < nConsumers; i++) consumers.push(await identify('bench-fan', `f${i}`, i % 2 === 1 ? cfg.consumerPort : cfg.port));
   const producer = await identify('bench-fanp', 'p0');
   const to = JSON.stringify({ app_name: 'bench-fan', mode: 'all' });
   let sent = 0;

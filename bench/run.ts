@@ -6,6 +6,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { createServer as createNetServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { ENTRIES, runCommand, type Kind, type Runtime } from './entries.ts';
@@ -17,9 +18,13 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = join(ROOT, 'node_modules/.bin');
 const PASSWORD = 'bench-password';
 
-type Scenario = 'pairs' | 'latency' | 'fanout' | 'connections' | 'core';
+type Scenario = 'pairs' | 'latency' | 'fanout' | 'connections' | 'core' | 'cluster-pairs' | 'cluster-fanout';
 const ALL_RUNTIMES: Runtime[] = ['node', 'bun', 'deno'];
-const ALL_SCENARIOS: Scenario[] = ['pairs', 'latency', 'fanout', 'connections', 'core'];
+const ALL_SCENARIOS: Scenario[] = ['pairs', 'latency', 'fanout', 'connections', 'core', 'cluster-pairs', 'cluster-fanout'];
+/** What a cluster scenario compares: one node alone, and two nodes joined through Redis. */
+type ClusterKind = 'one-node' | 'cluster';
+const CLUSTER_KINDS: ClusterKind[] = ['one-node', 'cluster'];
+const isClusterScenario = (sc: Scenario): sc is 'cluster-pairs' | 'cluster-fanout' => sc.startsWith('cluster-');
 
 // ---- options: flags win over BENCH_* env, which wins over the defaults ----
 
@@ -78,7 +83,7 @@ type Options = ReturnType<typeof options>;
 
 const HELP = `npm run bench -- [flags]   (each flag also reads BENCH_<NAME>, e.g. BENCH_RUNS=5)
   --smoke                seconds-long run with tiny counts (CI)
-  --runtimes node,bun,deno   --scenarios pairs,latency,fanout,connections,core
+  --runtimes node,bun,deno   --scenarios pairs,latency,fanout,connections,core,cluster-pairs,cluster-fanout
   --servers baseline,nerve   --runs N (5)          --profile (--cpu-prof of the Node and Bun servers, top functions printed)
   --warmup-ms 1000  --measure-ms 3000  --latency-ms 2000  --hold-ms 2000  --core-ms 500
   --pairs 8  --window 500  --consumers 200  --fan-window 32  --payload-bytes 100
@@ -229,7 +234,16 @@ interface LoadOutcome {
   rssAfter?: number;
 }
 
-function runLoad(server: Server, cfg: LoadConfig): Promise<LoadOutcome> {
+/** Extra processes whose CPU counts as the server's (the other nodes and Redis), and what to read at the window's edges. */
+interface LoadExtras {
+  pids?: number[];
+  atWindowStart?: () => void;
+  atWindowEnd?: () => void;
+}
+
+function runLoad(server: Server, cfg: LoadConfig, extras: LoadExtras = {}): Promise<LoadOutcome> {
+  const pids = [server.pid, ...(extras.pids ?? [])];
+  const cpuOfServers = () => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
   return new Promise((resolvePromise, reject) => {
     const cmd = pin(1, [process.execPath, '--import', 'tsx', 'bench/load.ts', JSON.stringify(cfg)]);
     const proc = spawn(cmd[0], cmd.slice(1), { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
@@ -248,13 +262,15 @@ function runLoad(server: Server, cfg: LoadConfig): Promise<LoadOutcome> {
         return;
       }
       if (ev.event === 'window-start') {
-        cpu0 = cpuSeconds(server.pid);
+        extras.atWindowStart?.();
+        cpu0 = cpuOfServers();
         busy0 = machineBusySeconds();
         t0 = performance.now();
       } else if (ev.event === 'window-end') {
         const secs = (performance.now() - t0) / 1000;
-        outcome.serverCpu = (cpuSeconds(server.pid) - cpu0) / secs;
+        outcome.serverCpu = (cpuOfServers() - cpu0) / secs;
         outcome.machineCpu = (machineBusySeconds() - busy0) / secs;
+        extras.atWindowEnd?.();
       } else if (ev.event === 'before') {
         outcome.rssBefore = rss(server.pid);
         proc.stdin!.write('\n');
@@ -299,7 +315,9 @@ type Measures = { [K in (typeof MEASURES)[number]]?: number };
 interface Row extends Measures {
   runtime: Runtime;
   scenario: Scenario;
-  server: Kind;
+  server: Kind | ClusterKind;
+  /** Cluster scenarios: Redis commands per message delivered during the window. */
+  redisPerDelivery?: number;
   run: number;
   ok: boolean;
   error?: string;
@@ -311,7 +329,7 @@ interface Row extends Measures {
   raw?: unknown;
 }
 
-async function socketRun(runtime: Runtime, scenario: Exclude<Scenario, 'core'>, kind: Kind, run: number, opts: Options): Promise<Row> {
+async function socketRun(runtime: Runtime, scenario: 'pairs' | 'latency' | 'fanout' | 'connections', kind: Kind, run: number, opts: Options): Promise<Row> {
   const base = { runtime, scenario, server: kind, run };
   const prof = runtime !== 'deno' && opts.profile ? profileDir(kind, scenario, run) : undefined;
   // A profile left by an earlier invocation must not be mistaken for this run's.
@@ -375,6 +393,138 @@ async function socketRun(runtime: Runtime, scenario: Exclude<Scenario, 'core'>, 
   }
 }
 
+// ---- cluster scenarios ----
+
+/** The redis-server binary, or undefined when it is not installed. */
+function redisServer(): string | undefined {
+  const found = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' });
+  return found.status === 0 ? found.stdout.trim() : undefined;
+}
+
+function redisCommandsProcessed(port: number): number {
+  const info = spawnSync('redis-cli', ['-p', String(port), 'info', 'stats'], { encoding: 'utf8', timeout: 5_000 });
+  const match = /total_commands_processed:(\d+)/.exec(info.stdout ?? '');
+  return match ? Number(match[1]) : NaN;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const probe = createNetServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolvePort(port));
+    });
+  });
+}
+
+/** A redis-server pinned with the nodes (core 0), without persistence; resolves once it answers PING. */
+async function startRedis(): Promise<{ proc: ChildProcess; port: number }> {
+  const port = await freePort();
+  const cmd = pin(0, [redisServer()!, '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
+  const proc = spawn(cmd[0], cmd.slice(1), { stdio: 'ignore' });
+  for (let i = 0; i < 100; i++) {
+    const ping = spawnSync('redis-cli', ['-p', String(port), 'ping'], { encoding: 'utf8' });
+    if (ping.stdout?.trim() === 'PONG') return { proc, port };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  proc.kill('SIGKILL');
+  throw new Error(`redis-server did not answer on port ${port}`);
+}
+
+/** Waits until a node's /health says it is linked to the cluster. */
+async function clusterUp(port: number): Promise<void> {
+  const until = Date.now() + 20_000;
+  while (Date.now() < until) {
+    try {
+      const health = (await (await fetch(`http://127.0.0.1:${port}/health`)).json()) as { cluster?: string };
+      if (health.cluster === 'up') return;
+    } catch {
+      /* not yet */
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`node on port ${port} did not join the cluster in 20 s`);
+}
+
+/**
+ * One node alone, or two nodes and Redis, all on core 0 (the load on core 1):
+ * pairs with every consumer on the second node, fan-out with every other one.
+ */
+async function clusterRun(runtime: Runtime, scenario: 'cluster-pairs' | 'cluster-fanout', kind: ClusterKind, run: number, opts: Options): Promise<Row> {
+  const base = { runtime, scenario, server: kind, run };
+  const cmd = serverCommand(runtime, 'nerve', opts);
+  const env: Record<string, string> = { NERVE_PORT: '0', NERVE_HOST: '127.0.0.1', NERVE_PASSWORD: PASSWORD };
+  const started: Server[] = [];
+  let redis: { proc: ChildProcess; port: number } | undefined;
+  try {
+    if (kind === 'cluster') {
+      redis = await startRedis();
+      env.NERVE_REDIS_URL = `redis://127.0.0.1:${redis.port}`;
+      env.NERVE_CLUSTER = `bench-${process.pid}-${run}`;
+    }
+    started.push(await startServer(cmd, env));
+    if (kind === 'cluster') {
+      started.push(await startServer(cmd, env));
+      for (const node of started) await clusterUp(node.port);
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    const [first, second] = started;
+    const cfg: LoadConfig = {
+      scenario: scenario === 'cluster-pairs' ? 'pairs' : 'fanout',
+      port: first!.port,
+      ...(second ? { consumerPort: second.port } : {}),
+      password: PASSWORD,
+      warmupMs: opts.warmupMs,
+      measureMs: opts.measureMs,
+      drainMs: 2000,
+      payloadBytes: opts.payloadBytes,
+      pairs: opts.pairs,
+      window: opts.window,
+      consumers: opts.consumers,
+      fanWindow: opts.fanWindow,
+      connections: opts.connections,
+      concurrency: opts.concurrency,
+      holdMs: opts.holdMs,
+      deadlineMs: 30_000 + opts.warmupMs + opts.measureMs,
+    };
+    let commands0 = NaN;
+    let commands = NaN;
+    const o = await runLoad(first!, cfg, {
+      pids: [...started.slice(1).map((node) => node.pid), ...(redis?.proc.pid ? [redis.proc.pid] : [])],
+      atWindowStart: () => {
+        if (redis) commands0 = redisCommandsProcessed(redis.port);
+      },
+      atWindowEnd: () => {
+        if (redis) commands = redisCommandsProcessed(redis.port) - commands0;
+      },
+    });
+    const r = o.result;
+    const row: Row = {
+      ...base,
+      ok: r.count > 0 && r.errorCount === 0,
+      rate: r.rate,
+      p50Us: r.p50Us,
+      p99Us: r.p99Us,
+      clientCpu: r.clientCpu,
+      serverCpu: o.serverCpu,
+      otherCpu: o.machineCpu === undefined ? undefined : Math.max(0, o.machineCpu - (o.serverCpu ?? 0) - r.clientCpu),
+      clientSaturated: r.clientCpu > 0.9,
+      lost: r.lost,
+      errorCount: r.errorCount,
+      raw: r,
+    };
+    if (redis) row.redisPerDelivery = commands / r.count;
+    if (r.errorCount) row.error = r.errors.join('; ');
+    return row;
+  } catch (err) {
+    return { ...base, ok: false, error: String((err as Error).message ?? err).slice(0, 2000) };
+  } finally {
+    for (const node of started) await stopServer(node);
+    redis?.proc.kill('SIGKILL');
+  }
+}
+
 /** The top self-time functions of the main thread's profile (the largest file; tsx adds a loader thread). */
 function printProfile(dir: string): void {
   if (!existsSync(dir)) return;
@@ -421,7 +571,8 @@ function table(rows: string[][]): string {
 interface Summary extends Measures {
   runtime: Runtime;
   scenario: Scenario;
-  server: Kind;
+  server: Kind | ClusterKind;
+  redisPerDelivery?: number;
   runs: number;
   failed: number;
   clientSaturated: boolean;
@@ -441,7 +592,7 @@ function summarize(rows: Row[]): Summary[] {
   const out: Summary[] = [];
   const keys = new Set(rows.map((r) => `${r.runtime}|${r.scenario}|${r.server}`));
   for (const k of keys) {
-    const [runtime, scenario, server] = k.split('|') as [Runtime, Scenario, Kind];
+    const [runtime, scenario, server] = k.split('|') as [Runtime, Scenario, Kind | ClusterKind];
     const rs = rows.filter((r) => r.runtime === runtime && r.scenario === scenario && r.server === server);
     const ok = rs.filter((r) => r.ok);
     const summary: Summary = {
@@ -454,6 +605,7 @@ function summarize(rows: Row[]): Summary[] {
       errors: [...new Set(rs.filter((r) => r.error).map((r) => r.error!))].slice(0, 3),
     };
     for (const key of MEASURES) summary[key] = ok.length ? median(ok.map((r) => r[key] ?? NaN)) : undefined;
+    if (ok.some((r) => r.redisPerDelivery !== undefined)) summary.redisPerDelivery = median(ok.map((r) => r.redisPerDelivery ?? NaN));
     out.push(summary);
   }
   return out;
@@ -461,7 +613,7 @@ function summarize(rows: Row[]): Summary[] {
 
 function targets(sums: Summary[]): Target[] {
   const t: Target[] = [];
-  const get = (rt: Runtime, sc: Scenario, k: Kind) => sums.find((s) => s.runtime === rt && s.scenario === sc && s.server === k);
+  const get = (rt: Runtime, sc: Scenario, k: Kind | ClusterKind) => sums.find((s) => s.runtime === rt && s.scenario === sc && s.server === k);
   for (const rt of ALL_RUNTIMES) {
     const pair = (sc: Scenario) => [get(rt, sc, 'baseline'), get(rt, sc, 'nerve')] as const;
     const add = (sc: Scenario, metric: string, f: (s: Summary) => number | undefined, goal: number, higherIsBetter: boolean) => {
@@ -478,8 +630,30 @@ function targets(sums: Summary[]): Target[] {
     add('fanout', 'deliveries/s', (s) => s.rate, 0.8, true);
     add('latency', 'p50', (s) => s.p50Us, 1.25, false);
     add('connections', 'RSS/conn', (s) => s.bytesPerConn, 1.5, false);
+    for (const sc of ['cluster-pairs', 'cluster-fanout'] as const) {
+      const one = get(rt, sc, 'one-node');
+      const two = get(rt, sc, 'cluster');
+      if (!one || !two) continue;
+      const versus = (metric: string, a: number | undefined, b: number | undefined, goal: number, higherIsBetter: boolean) => {
+        if (!(a! > 0 && b! > 0)) return;
+        const ratio = b! / a!;
+        t.push({ runtime: rt, scenario: sc, metric, ratio, goal: `${higherIsBetter ? '≥' : '≤'} ${goal}`, met: higherIsBetter ? ratio >= goal : ratio <= goal });
+      };
+      const unit = sc === 'cluster-pairs' ? 'msg/s' : 'deliveries/s';
+      versus(`${unit} (cluster ÷ one node)`, one.rate, two.rate, sc === 'cluster-pairs' ? 0.4 : 0, true);
+      versus('CPU per message (cluster ÷ one node)', cpuPer(one), cpuPer(two), 2.5, false);
+      const commands = two.redisPerDelivery;
+      if (commands !== undefined && Number.isFinite(commands)) {
+        t.push({ runtime: rt, scenario: sc, metric: 'Redis commands per delivery', ratio: commands, goal: '< 0.2', met: commands < 0.2 });
+      }
+    }
   }
   return t;
+}
+
+/** Server CPU seconds per message (all nodes and Redis for a cluster). */
+function cpuPer(s: Summary): number | undefined {
+  return s.serverCpu !== undefined && s.rate ? s.serverCpu / s.rate : undefined;
 }
 
 function report(rows: Row[], core: Record<string, any>, opts: Options): { text: string; summaries: Summary[]; targets: Target[] } {
@@ -488,11 +662,12 @@ function report(rows: Row[], core: Record<string, any>, opts: Options): { text: 
   const head = ['runtime', 'scenario', 'server', 'throughput', 'p50', 'p99', 'memory/conn', 'client cpu', 'server cpu', 'others cpu', 'runs', 'notes'];
   const body: string[][] = [head];
   for (const s of sums) {
-    const unit = s.scenario === 'pairs' ? ' msg/s' : s.scenario === 'fanout' ? ' deliv/s' : s.scenario === 'latency' ? ' msg/s' : ' conn/s';
+    const unit = s.scenario.endsWith('pairs') || s.scenario === 'latency' ? ' msg/s' : s.scenario.endsWith('fanout') ? ' deliv/s' : ' conn/s';
     const notes = [
       s.clientSaturated ? 'CLIENT SATURATED' : '',
       s.failed ? `${s.failed} failed` : '',
       s.scenario === 'connections' && s.connectSeconds !== undefined ? `connect ${s.connectSeconds.toFixed(2)} s` : '',
+      s.redisPerDelivery !== undefined ? `${s.redisPerDelivery.toFixed(3)} Redis commands/delivery` : '',
       ...s.errors.map((e) => e.split('\n')[0].slice(0, 120)),
     ].filter(Boolean);
     body.push([
@@ -561,12 +736,17 @@ async function main() {
         core[rt] = await coreRun(rt, opts);
         continue;
       }
+      if (isClusterScenario(sc) && !redisServer()) {
+        say(`${rt} ${sc}: redis-server is not installed, skipped`);
+        continue;
+      }
       for (let run = 0; run < opts.runs; run++) {
         // Alternate who goes first so drift (thermal, page cache, neighbours) hits both alike.
-        const order = run % 2 === 0 ? kinds : [...kinds].reverse();
+        const runKinds: (Kind | ClusterKind)[] = isClusterScenario(sc) ? CLUSTER_KINDS : kinds;
+        const order = run % 2 === 0 ? runKinds : [...runKinds].reverse();
         for (const k of order) {
           if (opts.quietWaitMs) await waitForQuiet(opts.quietWaitMs);
-          const row = await socketRun(rt, sc, k, run, opts);
+          const row = isClusterScenario(sc) ? await clusterRun(rt, sc, k as ClusterKind, run, opts) : await socketRun(rt, sc, k as Kind, run, opts);
           rows.push(row);
           say(
             `${rt} ${sc} ${k} #${run + 1}: ` +
