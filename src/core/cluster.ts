@@ -7,7 +7,7 @@
 
 import type { Claims } from './auth.ts';
 import type { NodeMessage, RegistryEntry } from './cluster-messages.ts';
-import { deliver, deliverHeld, insertHeld, matches, reroute, undeliverable } from './delivery.ts';
+import { deliver, deliverHeld, forgetUnflushed, insertHeld, matches, reroute, undeliverable } from './delivery.ts';
 import type { Output } from './io.ts';
 import { emptyMetadata, mergeMetadata } from './metadata.ts';
 import { replayRecords, routedFrom, routedRecord, sessionFromRecord, type ReplayRecord, type SessionRecord, type Stored } from './persist.ts';
@@ -240,9 +240,9 @@ function release(state: State, out: Output[], key: string, asker: string, reconn
   const conn = session.conn;
   if (conn) {
     fail(state, out, conn, Close.CONFLICT, TAKEN_OVER_TEXT);
-    detach(state, conn, session);
     // Whatever the transport still held is not known to have arrived: the buffer covers it.
-    session.writtenUpTo = Math.min(session.writtenUpTo, conn.unflushedFrom - 1, conn.queuedFrom - 1);
+    forgetUnflushed(state, conn, session);
+    detach(state, conn, session);
   }
   const record: SessionRecord = handoffRecord(session, now);
   const replay: ReplayRecord[] = replayRecords(session);
@@ -264,7 +264,7 @@ function handoffRecord(session: Session, now: number): SessionRecord {
     conn: null,
     at: session.connectedAt,
     seq: session.seq,
-    exp: now + 0,
+    exp: now,
     wr: session.writtenUpTo,
     ...(session.authority !== 'password' ? { au: session.authority } : {}),
     ...(session.dispatchTo !== undefined ? { dt: [...session.dispatchTo] } : {}),
@@ -437,6 +437,9 @@ export function adopt(state: State, out: Output[], node: string, stored: Stored,
     if (!list) rows.set(row.ord, (list = []));
     list.push(row);
   }
+  // Entries the dead node published for sessions not adopted here (ended, or claimed elsewhere) go.
+  handle(state, out, node, { t: 'reset', node }, now);
+  relay(cluster, out, undefined, { t: 'reset', node });
   const adopted = new Set<Session>();
   for (const record of stored.sessions) {
     // A dead node's connections are gone: its sessions are resumable from now.
