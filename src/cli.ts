@@ -53,6 +53,9 @@ const MEANINGS: Readonly<Record<string, { meaning: string; fallback?: string }>>
   NERVE_JWT_ISSUER: { meaning: 'the `iss` a token must carry', fallback: 'any' },
   NERVE_JWT_AUDIENCE: { meaning: 'the `aud` a token must carry', fallback: 'any' },
   NERVE_ALLOWED_ORIGINS: { meaning: 'comma-separated origins browsers may connect from; * for any', fallback: 'any origin' },
+  NERVE_REDIS_URL: { meaning: 'redis://[user:pass@]host:port[/db] or rediss://… of Redis ≥ 7 or Valkey: join a cluster of nodes (needs @redis/client)', fallback: 'unset: one node, no Redis' },
+  NERVE_CLUSTER: { meaning: 'name of the cluster; every Redis key starts with it (letters, digits, -_.:)', fallback: 'nerve' },
+  NERVE_NODE_TIMEOUT: { meaning: 'ms after which a node that stopped renewing its liveness is taken for dead and adopted', fallback: '10000' },
 };
 
 /** NERVE_HEARTBEAT_INTERVAL → heartbeatInterval, the HostConfig field it sets. */

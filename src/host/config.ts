@@ -15,6 +15,17 @@ export interface HostConfig extends CoreConfig {
   tokens?: TokenSettings;
   /** Origins a browser WebSocket may come from (`*`: any); absent: Origin is not checked. */
   allowedOrigins?: readonly string[] | '*';
+  /** How this node joins its cluster (docs/cluster.md); absent: a single node, no Redis. */
+  clusterLink?: ClusterSettings;
+}
+
+export interface ClusterSettings {
+  /** `redis://…` or `rediss://…`, credentials included. */
+  redisUrl: string;
+  /** The cluster's name: the prefix of every Redis key it uses. */
+  name: string;
+  /** ms after which a node that stopped renewing its liveness is taken for dead. */
+  nodeTimeout: number;
 }
 
 export class ConfigError extends Error {}
@@ -122,6 +133,42 @@ function allowedOrigins(env: Env): readonly string[] | '*' | undefined {
   return list;
 }
 
+/** Letters, digits and `-_.:`: a cluster name is the start of every key, so it must not bring its own hash tag. */
+const CLUSTER_NAME = /^[A-Za-z0-9\-_.:]+$/;
+
+/** What a URL looks like in an error message: never with its password. */
+function shownUrl(url: URL): string {
+  if (url.password !== '') url.password = '***';
+  return url.toString();
+}
+
+function redisUrl(env: Env): string | undefined {
+  const raw = env.NERVE_REDIS_URL?.trim();
+  if (!raw) return undefined;
+  const usage = 'NERVE_REDIS_URL must be redis://[user:pass@]host:port[/db] or rediss://…';
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${usage} (got something that is not a URL)`);
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') throw new ConfigError(`${usage} (got ${JSON.stringify(shownUrl(url))})`);
+  if (url.hostname === '') throw new ConfigError(`${usage}: it names no host (got ${JSON.stringify(shownUrl(url))})`);
+  if (!/^\/?(\d+)?$/.test(url.pathname)) throw new ConfigError(`${usage}: the path is a database number (got ${JSON.stringify(shownUrl(url))})`);
+  return raw;
+}
+
+/** Cluster settings when NERVE_REDIS_URL is set. The other two are read (and checked) regardless, so the CLI lists them. */
+function clusterSettings(env: Env): ClusterSettings | undefined {
+  const url = redisUrl(env);
+  const name = env.NERVE_CLUSTER?.trim() || 'nerve';
+  if (!CLUSTER_NAME.test(name)) {
+    throw new ConfigError(`NERVE_CLUSTER may hold only letters, digits and -_.: (got ${JSON.stringify(name)})`);
+  }
+  const nodeTimeout = integer(env, 'NERVE_NODE_TIMEOUT', 10_000, 500);
+  return url === undefined ? undefined : { redisUrl: url, name, nodeTimeout };
+}
+
 /**
  * A resuming client is sent its whole replay buffer at once; an outbound limit
  * below that would take every such resume for a slow reader.
@@ -144,6 +191,9 @@ export function loadConfig(env: Env, worker: string = newWorkerId()): HostConfig
   if (password === undefined && !isLoopback(host)) {
     throw new ConfigError(`NERVE_HOST=${host} is not a loopback address: set NERVE_PASSWORD to listen on it`);
   }
+  const cluster = clusterSettings(env);
+  // Every node must share the password, and a generated one is this process's alone.
+  if (cluster && password === undefined) throw new ConfigError('NERVE_REDIS_URL needs NERVE_PASSWORD: every node of a cluster must share it');
   return checkOutbound({
     ...DEFAULT_LIMITS,
     worker,
@@ -174,6 +224,7 @@ export function loadConfig(env: Env, worker: string = newWorkerId()): HostConfig
     authFailures: integer(env, 'NERVE_AUTH_FAILURES', DEFAULT_LIMITS.authFailures, 0),
     ...optional('tokens', tokenSettings(env)),
     ...optional('allowedOrigins', allowedOrigins(env)),
+    ...(cluster ? { cluster: true, clusterLink: cluster } : {}),
   });
 }
 
