@@ -48,7 +48,11 @@ export function refuseUpgrade(url: URL, hub: Hub, origin?: string): Response | W
 export function createHttpApp(hub: Hub, upgrade?: Upgrade): Hono {
   const app = new Hono();
 
-  app.get('/health', (c) => c.json(hub.health(), hub.draining ? 503 : 200));
+  // A node cut off from its cluster answers 503 so the load balancer can tell, though it still serves its own clients.
+  app.get('/health', (c) => {
+    const health = hub.health();
+    return c.json(health, hub.draining || health.cluster === 'down' ? 503 : 200);
+  });
 
   app.get('/metrics', (c) => c.text(hub.metrics(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }));
 
@@ -83,6 +87,8 @@ export function createHttpApp(hub: Hub, upgrade?: Upgrade): Hono {
     }
     const result = hub.dispatch(body);
     if (!result.ok) return c.json({ error: result.error }, result.status);
+    // In a cluster the answer is an acknowledgement like NERVE_ACK: sent once the event is stored.
+    await hub.whenStored();
     return c.json({ delivered: result.delivered, queued: result.queued });
   });
 

@@ -3,14 +3,17 @@
 // carried out wait their turn), writes each socket's frames in one batch per
 // flush, tells the core what each transport still holds, and keeps exactly one
 // timer armed at the core's next deadline. Adapters only translate events into
-// these calls.
+// these calls. In a cluster it hands relays and claims to the link, and holds
+// each NERVE_ACK (with what follows it on that socket) until the link has
+// stored what the step changed.
 
 import { createState, nextDeadline, step, type State } from '../core/index.ts';
 import { utf8Length } from '../core/codec.ts';
 import type { ConnId, CoreConfig, Input, Output } from '../core/io.ts';
 import { listClients, stats, type ClientInfo } from '../core/inspect.ts';
 import type { Wire } from '../core/protocol.ts';
-import { renderMetrics } from './metrics.ts';
+import { sessionKey } from '../core/state.ts';
+import { renderMetrics, type ClusterMetrics } from './metrics.ts';
 import { createTokenVerifier, type TokenSettings, type VerifyToken } from './tokens.ts';
 
 /** What the hub needs of a WebSocket; every runtime's socket fits in a few lines. */
@@ -62,6 +65,45 @@ export interface HubOptions {
   verifyToken?: VerifyToken;
 }
 
+/** The inputs only a cluster link feeds; the hub stamps `now`. */
+export type ClusterInput =
+  | { type: 'node'; from: string; msgs: Extract<Input, { type: 'node' }>['msgs'] }
+  | { type: 'link'; up: boolean; nodes: string[] }
+  | { type: 'claimed'; key: string; owner?: string | undefined }
+  | Omit<Extract<Input, { type: 'adopt' }>, 'now'>;
+
+export type ClusterOutput = Extract<Output, { type: 'relay' | 'claim' }>;
+
+/**
+ * What the hub needs of a cluster link (src/host/cluster). Writes are
+ * numbered: `barrier` names the write that will store what has been stepped
+ * so far, and the link calls `hub.stored(n)` once write n is done (or
+ * abandoned: a link that goes down calls it with Infinity).
+ */
+export interface HubCluster {
+  /** A relay or claim output, carried out when the turn ends. */
+  collect(output: ClusterOutput): void;
+  /** A step ran: what it changed is written when the turn ends. */
+  stepped(): void;
+  /** The write that will store every step so far; undefined when there is none to wait for (the link is down). */
+  barrier(): number | undefined;
+  status(): { up: boolean; nodes: number };
+  metrics(): ClusterMetrics;
+}
+
+export interface HubHealth {
+  status: 'ok' | 'draining';
+  worker: string;
+  connections: number;
+  clients: number;
+  /** In a cluster: whether this node is linked to it, and how many live nodes it sees. */
+  cluster?: 'up' | 'down';
+  nodes?: number;
+}
+
+/** An entry of `GET /clients`; in a cluster, with the node that owns the session. */
+export type ClientEntry = ClientInfo & { node?: string };
+
 export type DispatchResult =
   | { ok: true; delivered: number; queued: number }
   | { ok: false; status: 400 | 429 | 503; error: string };
@@ -78,6 +120,12 @@ const MAX_FLUSH_ROUNDS = 8;
 interface Pending {
   s: number;
   size: number;
+}
+
+/** A frame that waits for cluster write `generation`: `at` counts the socket's frames ever queued before it. */
+interface Gate {
+  at: number;
+  generation: number;
 }
 
 /** A socket as the hub keeps it: frames waiting for the flush, and what its transport still holds. */
@@ -97,11 +145,19 @@ class Peer {
   /** Dropped by the hub: its transport's figures are no longer what it held. */
   terminated = false;
   closed = false;
+  /** Frames that wait for a cluster write, oldest first; what follows one waits with it, so order holds. */
+  gates: Gate[] = [];
+  /** Frames ever taken off the front of `frames` (written or dropped): where a gate's `at` is counted from. */
+  dequeued = 0;
+  /** A close the core asked for while frames still waited behind a gate. */
+  pendingClose: { code: CloseCodeNumber; reason: string } | undefined;
   constructor(
     readonly conn: ConnId,
     readonly socket: HubSocket,
   ) {}
 }
+
+type CloseCodeNumber = Extract<Output, { type: 'close' }>['code'];
 
 /** WebSocket header bytes in front of a payload (RFC 6455 §5.2; server frames are unmasked). */
 function wireSize(frame: string | Uint8Array): number {
@@ -136,6 +192,10 @@ export class Hub {
   private readonly flushAll = () => this.flush();
   /** Checks a token's signature and returns its claims, or rejects with the reason. */
   readonly verifyToken: VerifyToken;
+  private cluster: HubCluster | undefined;
+  /** Peers with frames behind a gate. */
+  private readonly gated = new Set<Peer>();
+  private storeWaiters: { generation: number; resolve: () => void }[] = [];
 
   constructor(options: HubOptions) {
     this.config = options.config;
@@ -235,6 +295,63 @@ export class Hub {
     throw new Error('dispatch produced no answer');
   }
 
+  /** Joins this hub to a cluster through `cluster`, before any connection arrives. */
+  attachCluster(cluster: HubCluster): void {
+    this.cluster = cluster;
+  }
+
+  /** An input from the cluster link. */
+  fromCluster(input: ClusterInput): void {
+    this.run({ ...input, now: this.now() } as Input);
+  }
+
+  /**
+   * Resolves once everything stepped so far is stored in the cluster (at once
+   * outside a cluster, or while the link is down): what `POST /dispatch`
+   * waits for before it answers, as a NERVE_ACK does.
+   */
+  whenStored(): Promise<void> {
+    const generation = this.cluster?.barrier();
+    if (generation === undefined) return Promise.resolve();
+    return new Promise((resolve) => this.storeWaiters.push({ generation, resolve }));
+  }
+
+  /** Cluster writes up to `generation` are done (Infinity: stop waiting for any): what waited for them goes out. */
+  stored(generation: number): void {
+    const closes: { peer: Peer; code: CloseCodeNumber; reason: string }[] = [];
+    for (const peer of this.gated) {
+      if (peer.closed) {
+        this.gated.delete(peer);
+        continue;
+      }
+      let passed = 0;
+      while (passed < peer.gates.length && peer.gates[passed]!.generation <= generation) passed++;
+      if (passed === 0) continue;
+      peer.gates = passed === peer.gates.length ? [] : peer.gates.slice(passed);
+      if (peer.gates.length === 0) {
+        this.gated.delete(peer);
+        if (peer.pendingClose) {
+          closes.push({ peer, ...peer.pendingClose });
+          peer.pendingClose = undefined;
+        }
+      }
+      if (!peer.queued && this.writable(peer) > 0) {
+        peer.queued = true;
+        this.toFlush.push(peer);
+      }
+    }
+    if (this.storeWaiters.length > 0) {
+      const waiting = this.storeWaiters;
+      this.storeWaiters = [];
+      for (const waiter of waiting) {
+        if (waiter.generation <= generation) waiter.resolve();
+        else this.storeWaiters.push(waiter);
+      }
+    }
+    for (const { peer, code, reason } of closes) if (this.peers.get(peer.conn) === peer) this.execute({ type: 'close', conn: peer.conn, code, reason });
+    if (this.toFlush.length > 0 && !this.flushing) this.requestFlush();
+  }
+
   /** GO_AWAY to everyone; resolves when every socket is closed or after `drainTimeout` ms. */
   async shutdown(drainTimeout: number): Promise<void> {
     // Readers that are behind are dropped now: what their transports hold must be exact.
@@ -256,16 +373,30 @@ export class Hub {
     this.arm(undefined);
   }
 
-  health(): { status: 'ok' | 'draining'; worker: string; connections: number; clients: number } {
-    return { status: this.draining ? 'draining' : 'ok', worker: this.config.worker, connections: this.state.liveConns, clients: this.state.connectedClients };
+  health(): HubHealth {
+    const health: HubHealth = { status: this.draining ? 'draining' : 'ok', worker: this.config.worker, connections: this.state.liveConns, clients: this.state.connectedClients };
+    if (this.cluster) {
+      const link = this.cluster.status();
+      health.cluster = link.up ? 'up' : 'down';
+      health.nodes = link.nodes;
+    }
+    return health;
   }
 
   metrics(): string {
-    return renderMetrics(this.config, stats(this.state));
+    return renderMetrics(this.config, stats(this.state), this.cluster?.metrics());
   }
 
-  clients(appName?: string): ClientInfo[] {
-    return listClients(this.state, appName);
+  clients(appName?: string): ClientEntry[] {
+    const list: ClientEntry[] = listClients(this.state, appName);
+    if (!this.state.cluster) return list;
+    for (const entry of list) {
+      const session = this.state.sessions.get(sessionKey(entry.app_name, entry.client_id));
+      entry.node = session?.node ?? this.config.worker;
+      // Another node's session has no connection here; whether it has one there is in the registry.
+      if (session?.node !== undefined) entry.connected = session.remoteConnected === true;
+    }
+    return list;
   }
 
   /**
@@ -315,6 +446,7 @@ export class Hub {
     }
     for (let i = 0; i < outputs.length; i++) this.execute(outputs[i]!);
     this.afterStep?.(input, outputs);
+    this.cluster?.stepped();
     return outputs;
   }
 
@@ -327,6 +459,13 @@ export class Hub {
           peer.queued = true;
           this.toFlush.push(peer);
         }
+        if (output.durable) {
+          const generation = this.cluster?.barrier();
+          if (generation !== undefined) {
+            peer.gates.push({ at: peer.dequeued + peer.frames.length, generation });
+            this.gated.add(peer);
+          }
+        }
         peer.frames.push(output.data);
         peer.seqs.push(output.s ?? 0);
         return;
@@ -334,6 +473,11 @@ export class Hub {
       case 'close': {
         const peer = this.peers.get(output.conn);
         if (!peer) return;
+        // A NERVE_ACK waiting for the cluster write leaves before the close frame, so the close waits too.
+        if (peer.gates.length > 0) {
+          peer.pendingClose = { code: output.code, reason: output.reason };
+          return;
+        }
         // NO_U_TBH (or GO_AWAY) was queued just before; it leaves ahead of the close frame.
         this.write(peer, true);
         if (peer.socket.dropsUnsentOnClose && peer.socket.buffered() > 0) {
@@ -357,8 +501,7 @@ export class Hub {
       case 'discard': {
         const peer = this.peers.get(output.conn);
         if (!peer) return;
-        peer.frames = [];
-        peer.seqs = [];
+        this.dropQueued(peer);
         return;
       }
       case 'verify': {
@@ -372,7 +515,26 @@ export class Hub {
       case 'log':
         this.log(output.level, output.msg, output.fields);
         return;
+      case 'relay':
+      case 'claim':
+        this.cluster?.collect(output);
+        return;
     }
+  }
+
+  /** Drops the frames queued for a peer, gated ones included. */
+  private dropQueued(peer: Peer): void {
+    peer.dequeued += peer.frames.length;
+    peer.frames = [];
+    peer.seqs = [];
+    peer.gates = [];
+    this.gated.delete(peer);
+  }
+
+  /** How many of the peer's queued frames may be written now: those ahead of its first gate. */
+  private writable(peer: Peer): number {
+    const gate = peer.gates[0];
+    return gate === undefined ? peer.frames.length : Math.min(peer.frames.length, gate.at - peer.dequeued);
   }
 
   /**
@@ -400,8 +562,8 @@ export class Hub {
 
   private terminate(peer: Peer): void {
     peer.terminated = true;
-    peer.frames = [];
-    peer.seqs = [];
+    this.dropQueued(peer);
+    peer.pendingClose = undefined;
     this.guard(peer, 'terminate', () => peer.socket.terminate());
   }
 
@@ -461,24 +623,34 @@ export class Hub {
    */
   private write(peer: Peer, force = false): void {
     peer.queued = false;
-    const frames = peer.frames;
-    if (frames.length === 0 || peer.closed) return;
+    if (peer.frames.length === 0 || peer.closed) return;
+    // Frames behind a gate wait for the cluster write; they still count as waiting here.
+    const ready = force ? peer.frames.length : this.writable(peer);
+    if (ready === 0) return;
     if (!force && peer.socket.buffered() > 0) {
       this.behind.add(peer);
       return;
     }
+    const whole = ready === peer.frames.length;
+    const frames = whole ? peer.frames : peer.frames.slice(0, ready);
+    const seqs = whole ? peer.seqs : peer.seqs.slice(0, ready);
     this.guard(peer, 'send', () => peer.socket.send(frames));
     peer.held = [];
     peer.heldBytes = 0;
     if (peer.socket.buffered() > 0) {
       for (let i = 0; i < frames.length; i++) {
         const size = wireSize(frames[i]!);
-        peer.held.push({ s: peer.seqs[i]!, size });
+        peer.held.push({ s: seqs[i]!, size });
         peer.heldBytes += size;
       }
     }
-    peer.frames = [];
-    peer.seqs = [];
+    peer.frames = whole ? [] : peer.frames.slice(ready);
+    peer.seqs = whole ? [] : peer.seqs.slice(ready);
+    peer.dequeued += ready;
+    if (force && peer.gates.length > 0) {
+      peer.gates = [];
+      this.gated.delete(peer);
+    }
   }
 
   /**
@@ -494,7 +666,7 @@ export class Hub {
     if (inTransport === 0) {
       peer.held = [];
       peer.heldBytes = 0;
-      if (peer.frames.length > 0 && !peer.queued) {
+      if (!peer.queued && this.writable(peer) > 0) {
         peer.queued = true;
         this.toFlush.push(peer);
       }

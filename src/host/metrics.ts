@@ -1,11 +1,37 @@
-// Prometheus text exposition of the hub's counters, gauges and limits.
+// Prometheus text exposition of the hub's counters, gauges and limits, and in
+// a cluster those of its link (docs/cluster.md, "Operating it").
 
 import type { Stats } from '../core/inspect.ts';
 import type { CoreConfig } from '../core/io.ts';
 
 type Metric = [name: string, type: 'gauge' | 'counter', help: string, value: number];
 
-export function renderMetrics(config: CoreConfig, stats: Stats): string {
+/** What a cluster link reports. */
+export interface ClusterMetrics {
+  up: boolean;
+  nodes: number;
+  remoteSessions: number;
+  relayed: number;
+  received: number;
+  commands: number;
+  errors: number;
+  adopted: number;
+}
+
+function clusterMetrics(cluster: ClusterMetrics): Metric[] {
+  return [
+    ['nerve_cluster_up', 'gauge', '1 while this node is linked to the cluster through Redis.', cluster.up ? 1 : 0],
+    ['nerve_cluster_nodes', 'gauge', 'Live nodes seen in the cluster, this one included.', cluster.nodes],
+    ['nerve_cluster_remote_sessions', 'gauge', "Sessions of other nodes in this node's replica of the registry.", cluster.remoteSessions],
+    ['nerve_cluster_relayed_total', 'counter', 'Node messages sent to other nodes (inboxes and the bus).', cluster.relayed],
+    ['nerve_cluster_received_total', 'counter', 'Node messages read from the inbox and the bus.', cluster.received],
+    ['nerve_cluster_redis_commands_total', 'counter', 'Redis commands issued.', cluster.commands],
+    ['nerve_cluster_redis_errors_total', 'counter', 'Redis commands that failed.', cluster.errors],
+    ['nerve_cluster_adopted_total', 'counter', 'Dead or departed nodes adopted by this node.', cluster.adopted],
+  ];
+}
+
+export function renderMetrics(config: CoreConfig, stats: Stats, cluster?: ClusterMetrics): string {
   const label = `worker="${config.worker}"`;
   const { held, replay, metadata } = stats.memory;
   const metrics: Metric[] = [
@@ -29,6 +55,7 @@ export function renderMetrics(config: CoreConfig, stats: Stats): string {
     ['nerve_dispatches_queued_total', 'counter', 'Dispatches held for a later recipient.', stats.queued],
     ['nerve_dispatches_undeliverable_total', 'counter', 'Dispatches that ended as NERVE_UNDELIVERABLE.', stats.undeliverable],
     ['nerve_slow_consumers_total', 'counter', 'Connections cut with 4507 because their reader fell behind.', stats.slowConsumers],
+    ...(cluster ? clusterMetrics(cluster) : []),
   ];
   const lines: string[] = [];
   for (const [name, type, help, value] of metrics) {
