@@ -7,6 +7,7 @@ import type { Hono } from 'hono';
 import type { Wire } from '../src/core/protocol.ts';
 import type { HostConfig } from '../src/host/config.ts';
 import { announce, mountedApp, normalizePath, resolveConfig, wsUrl, type ConfigInput, type NerveServer, type ServeOptions } from '../src/host/boot.ts';
+import { startCluster, type ClusterLink } from '../src/host/cluster/index.ts';
 import { Hub, type HubSocket } from '../src/host/hub.ts';
 
 export type { NerveServer, ServeOptions, ConfigInput } from '../src/host/boot.ts';
@@ -137,6 +138,8 @@ export function serveBun(input: ConfigInput = process.env, options: ServeOptions
   const handler = createBunHandler(input, options);
   const { config, hub, path } = handler;
   let server: Server<NerveSocketData> | undefined;
+  let link: ClusterLink | undefined;
+  let starting: Promise<void> | undefined;
   const bunServer: BunNerveServer = {
     config,
     hub,
@@ -151,15 +154,26 @@ export function serveBun(input: ConfigInput = process.env, options: ServeOptions
       return wsUrl(config.host, this.port, path);
     },
     async start() {
-      if (server) return bunServer;
-      server = Bun.serve({ port: config.port, hostname: config.host, fetch: handler.fetch, websocket: handler.websocket });
-      announce(hub, config, server.port ?? config.port, 'bun', path);
+      starting ??= (async () => {
+        // In a cluster the node links first: a node whose settings differ never listens.
+        link = await startCluster(hub, config, 'bun');
+        try {
+          server = Bun.serve({ port: config.port, hostname: config.host, fetch: handler.fetch, websocket: handler.websocket });
+        } catch (error) {
+          await link?.stop();
+          throw error;
+        }
+        announce(hub, config, server.port ?? config.port, 'bun', path);
+      })();
+      await starting;
       return bunServer;
     },
     async stop() {
       // stop() without `true` stops listening and leaves open sockets to receive GO_AWAY and drain.
       const stopped = server?.stop();
       await handler.close();
+      // After the drain: what it changed is stored before the node leaves its cluster.
+      await link?.stop();
       await server?.stop(true);
       await stopped;
     },

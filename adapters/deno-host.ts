@@ -5,6 +5,7 @@
 import type { Hono } from 'hono';
 import type { HostConfig } from '../src/host/config.ts';
 import { announce, mountedApp, normalizePath, resolveConfig, wsUrl, type ConfigInput, type NerveServer, type ServeOptions } from '../src/host/boot.ts';
+import { startCluster, type ClusterLink } from '../src/host/cluster/index.ts';
 import { Hub, type HubSocket } from '../src/host/hub.ts';
 
 export type { NerveServer, ServeOptions, ConfigInput } from '../src/host/boot.ts';
@@ -175,6 +176,8 @@ export function serveDeno(input: ConfigInput = Deno.env.toObject(), options: Ser
   const { config, hub, path } = handler;
   let server: Deno.HttpServer | undefined;
   let port = config.port;
+  let link: ClusterLink | undefined;
+  let starting: Promise<DenoNerveServer> | undefined;
   const denoServer: DenoNerveServer = {
     config,
     hub,
@@ -186,27 +189,43 @@ export function serveDeno(input: ConfigInput = Deno.env.toObject(), options: Ser
       return wsUrl(config.host, port, path);
     },
     start() {
-      return new Promise<DenoNerveServer>((resolve) => {
-        if (server) return resolve(denoServer);
-        server = Deno.serve(
-          {
-            port: config.port,
-            hostname: config.host,
-            onListen: (address) => {
-              port = (address as { port: number }).port;
-              announce(hub, config, port, 'deno', path);
-              resolve(denoServer);
-            },
-          },
-          handler.fetch,
-        );
-      });
+      starting ??= (async () => {
+        // In a cluster the node links first: a node whose settings differ never listens.
+        link = await startCluster(hub, config, 'deno');
+        try {
+          await new Promise<void>((resolve, reject) => {
+            try {
+              server = Deno.serve(
+                {
+                  port: config.port,
+                  hostname: config.host,
+                  onListen: (address) => {
+                    port = (address as { port: number }).port;
+                    announce(hub, config, port, 'deno', path);
+                    resolve();
+                  },
+                },
+                handler.fetch,
+              );
+            } catch (error) {
+              reject(error);
+            }
+          });
+        } catch (error) {
+          await link?.stop();
+          throw error;
+        }
+        return denoServer;
+      })();
+      return starting;
     },
     async stop() {
       // Not shutdown() first: it would close the upgraded sockets itself (1001,
       // "Server shutting down") ahead of GO_AWAY's delayed close. While draining,
       // upgrades are refused with 503 and /health says 503.
       await handler.close();
+      // After the drain: what it changed is stored before the node leaves its cluster.
+      await link?.stop();
       await server?.shutdown();
     },
   };

@@ -10,6 +10,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { HostConfig } from '../src/host/config.ts';
 import { announce, mountedApp, normalizePath, resolveConfig, routeWithin, wsUrl, type ConfigInput, type NerveServer, type ServeOptions } from '../src/host/boot.ts';
+import { startCluster, type ClusterLink } from '../src/host/cluster/index.ts';
 import { refuseUpgrade } from '../src/host/http.ts';
 import { Hub } from '../src/host/hub.ts';
 import { NodeSocket } from './node-frames.ts';
@@ -148,6 +149,7 @@ export function createNodeServer(input: ConfigInput = process.env, options: Serv
   });
   let port = config.port;
   let started: Promise<NodeServer> | undefined;
+  let link: ClusterLink | undefined;
   const nodeServer: NodeServer = {
     config,
     hub,
@@ -160,20 +162,32 @@ export function createNodeServer(input: ConfigInput = process.env, options: Serv
       return wsUrl(config.host, port, path);
     },
     start() {
-      started ??= new Promise<NodeServer>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(config.port, config.host, () => {
-          server.off('error', reject);
-          port = (server.address() as AddressInfo).port;
-          announce(hub, config, port, 'node', path);
-          resolve(nodeServer);
-        });
-      });
+      started ??= (async () => {
+        // In a cluster the node links first: a node whose settings differ never listens.
+        link = await startCluster(hub, config, 'node');
+        try {
+          await new Promise<void>((resolve, reject) => {
+            server.once('error', reject);
+            server.listen(config.port, config.host, () => {
+              server.off('error', reject);
+              resolve();
+            });
+          });
+        } catch (error) {
+          await link?.stop();
+          throw error;
+        }
+        port = (server.address() as AddressInfo).port;
+        announce(hub, config, port, 'node', path);
+        return nodeServer;
+      })();
       return started;
     },
     async stop() {
       const closed = server.listening ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
       await handler.close();
+      // After the drain: what it changed is stored before the node leaves its cluster.
+      await link?.stop();
       // Idle keep-alive HTTP connections would otherwise hold close() open until they time out.
       server.closeAllConnections();
       await closed;

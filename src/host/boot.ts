@@ -3,6 +3,7 @@
 // and the process-level main that drains on SIGTERM/SIGINT and exits.
 
 import { Hono } from 'hono';
+import { ClusterError } from './cluster/redis.ts';
 import { ConfigError, loadConfig, type HostConfig } from './config.ts';
 import { createHttpApp, type Upgrade } from './http.ts';
 import type { Hub } from './hub.ts';
@@ -41,12 +42,16 @@ export interface NerveServer {
   readonly port: number;
   /** `ws://host:port/path`, with the real port once started. */
   readonly url: string;
-  /** Resolves once the listener accepts connections; logs the `listening` line. */
+  /**
+   * Resolves once the listener accepts connections; logs the `listening`
+   * line. In a cluster (NERVE_REDIS_URL) it links to the cluster first.
+   */
   start(): Promise<NerveServer>;
   /**
    * GO_AWAY to every connection, waits for them to close (at most
-   * `config.drainTimeout` ms), drops the rest and closes the listener. Resolves
-   * once nothing of this server keeps the process alive.
+   * `config.drainTimeout` ms), drops the rest and closes the listener; in a
+   * cluster it then stores the final state and leaves. Resolves once nothing
+   * of this server keeps the process alive.
    */
   stop(): Promise<void>;
 }
@@ -129,8 +134,10 @@ export async function runUntilSignalled(
   try {
     await server.start();
   } catch (error) {
+    // Settings that differ from the cluster's, or a Redis that cannot be reached: one line each.
+    if (error instanceof ConfigError || error instanceof ClusterError) hooks.error(`nerve: ${explain(error.message)}`);
     // EADDRINUSE and friends: one line, as for a bad setting.
-    hooks.error(`nerve: cannot listen on ${config.host}:${config.port}: ${(error as Error).message}`);
+    else hooks.error(`nerve: cannot listen on ${config.host}:${config.port}: ${(error as Error).message}`);
     hooks.exit(1);
     return undefined;
   }
