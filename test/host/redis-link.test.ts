@@ -284,6 +284,30 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     await stopNode(b);
   });
 
+  it('a node that joins reads the bus from its start before it takes clients; /clients names each session\'s node', async () => {
+    const cluster = newCluster();
+    const a = await startNode(cluster, 'nerve-j00001');
+    const socket = new FakeSocket();
+    const conn = a.hub.open(socket, { format: 'json', compression: 'none' });
+    a.hub.receive(conn, JSON.stringify({ op: 1, d: { app_name: 'api', client_id: 'c1', password: PASSWORD, metadata: { zone: 'x' } } }));
+    await until(() => socket.frames.some((frame) => frame.includes('"op":2')), 'WELCOME');
+    await sleep(100);
+    const b = await startNode(cluster, 'nerve-j00002');
+    // Known as soon as start resolves, before any client could connect to B.
+    expect(b.hub.clients()).toEqual([{ app_name: 'api', client_id: 'c1', metadata: { zone: 'x' }, connected_at: expect.any(Number), connected: true, node: 'nerve-j00001' }]);
+    expect(a.hub.clients()).toMatchObject([{ client_id: 'c1', connected: true, node: 'nerve-j00001' }]);
+    expect(b.link.metrics().remoteSessions).toBe(1);
+    await until(() => a.link.metrics().nodes === 2, 'node A to see node B');
+    expect(a.hub.health()).toMatchObject({ cluster: 'up', nodes: 2 });
+    const metrics = b.hub.metrics();
+    for (const name of ['nerve_cluster_up', 'nerve_cluster_nodes', 'nerve_cluster_remote_sessions', 'nerve_cluster_relayed_total', 'nerve_cluster_received_total', 'nerve_cluster_redis_commands_total', 'nerve_cluster_redis_errors_total', 'nerve_cluster_adopted_total']) {
+      expect(metrics).toContain(`# TYPE ${name} `);
+    }
+    expect(metrics).toContain('nerve_cluster_remote_sessions{worker="nerve-j00002"} 1');
+    await stopNode(a);
+    await stopNode(b);
+  });
+
   it('holds a NERVE_ACK, and the HTTP dispatch answer, until the write that stores the step is done', async () => {
     const cluster = newCluster();
     const a = await startNode(cluster, 'nerve-f00001');

@@ -172,22 +172,23 @@ export class ClusterLink implements HubCluster {
       const difference = await this.checkConfig();
       if (difference) throw new ConfigError(difference);
       await this.register();
-      this.cursors = { inbox: '0-0', bus: await this.lastBusEntry() };
       const { live } = await this.readNodes();
-      this.liveNodes = live;
+      this.hub.attachCluster(this);
+      this.resetPersister();
+      this.markUp(live);
+      // The registry of every other node is what the bus says: read it all before taking clients.
+      await this.catchUpOnBus();
     } catch (error) {
+      this.up = false;
       await this.command.close();
       await this.reader.close();
       if (error instanceof ConfigError || error instanceof ClusterError) throw error;
       throw new ClusterError(`cannot join cluster ${JSON.stringify(this.settings.name)} at ${redactUrl(url)}: ${describeError(error)}`);
     }
-    this.hub.attachCluster(this);
-    this.resetPersister();
     for (const port of [this.command, this.reader]) {
       port.onDown((reason) => this.goDown(reason));
       port.onReady(() => void this.relink());
     }
-    this.markUp(this.liveNodes);
     this.livenessTimer = setInterval(() => void this.renewLiveness(), Math.max(1, Math.floor(this.timeout / 4)));
     this.scanTimer = setInterval(() => void this.scan(), SCAN_MS);
     this.reading = this.readLoop();
@@ -324,10 +325,17 @@ export class ClusterLink implements HubCluster {
     ]);
   }
 
-  /** The id of the bus's last entry: a node starting now reads what comes after it. */
-  private async lastBusEntry(): Promise<string> {
-    const reply = await this.command.command(['XREVRANGE', this.keys.bus, '+', '-', 'COUNT', '1']);
-    return parseEntries(reply).entries[0]?.id ?? '0-0';
+  /** Feeds the bus from its start, page by page, as `node` inputs: what a joining node knows of the others. */
+  private async catchUpOnBus(): Promise<void> {
+    for (;;) {
+      const reply = await this.command.command(['XRANGE', this.keys.bus, `(${this.cursors.bus}`, '+', 'COUNT', String(READ_COUNT)]);
+      const page = parseEntries(reply);
+      for (const entry of page.entries) {
+        this.deliver(entry);
+        this.cursors.bus = entry.id;
+      }
+      if (page.entries.length < READ_COUNT) return;
+    }
   }
 
   /** Every node in the node list, split by whether its liveness key is still there (this node counts as live). */
