@@ -377,6 +377,18 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     await stopNode(a);
   }, 20_000);
 
+  it('takes a Redis that stops answering for a lost link, within the node timeout, and links again when it answers', async () => {
+    const cluster = newCluster();
+    const a = await startNode(cluster, 'nerve-k00001', { nodeTimeout: 500 });
+    await admin.command(['CLIENT', 'PAUSE', '1500', 'ALL']);
+    const paused = Date.now();
+    await until(() => !a.link.linked, 'the link to go down', 3_000);
+    expect(Date.now() - paused).toBeLessThan(1_400);
+    expect(a.logs.find((line) => line.msg === 'cluster link down')).toMatchObject({ reason: expect.stringContaining('no reply from Redis within 500 ms') });
+    await until(() => a.link.linked, 'the link to come back', 6_000);
+    await stopNode(a);
+  }, 15_000);
+
   it('adopts a node whose liveness lapsed: claims its sessions, hands the core its state and unread inbox, then deletes its keys', async () => {
     const cluster = newCluster();
     const keys = new ClusterKeys(cluster);

@@ -482,7 +482,11 @@ export class ClusterLink implements HubCluster {
 
   private startWrite(): void {
     this.writing = this.write()
-      .catch((error: unknown) => this.hub.log('error', 'cluster write failed unexpectedly', { error: describeError(error) }))
+      .catch((error: unknown) => {
+        this.hub.log('error', 'cluster write failed unexpectedly', { error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
+        // Whatever waited for this write must not wait forever; linking again writes the whole state.
+        this.goDown(`a cluster write failed: ${describeError(error)}`);
+      })
       .finally(() => {
         this.writing = undefined;
         if (this.hasWork()) this.scheduleTurn();
