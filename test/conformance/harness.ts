@@ -1,8 +1,11 @@
 // Shared setup of the conformance suite: which runtimes it runs against, the
 // short-timeout server config, one server per describe, and helpers that
 // connect, identify and check error closes the way docs/protocol.md words them.
+// With NERVE_CONFORMANCE_CLUSTER=N the same suite runs against N clustered
+// nodes, each test's connections spread over them (see CLUSTER_NODES).
 
 import { afterAll, afterEach, beforeAll, expect } from 'vitest';
+import type { Cluster } from '../support/cluster.ts';
 import * as support from '../support/server.ts';
 import { closeAllClients, TestClient, type ClientOptions, type Closed } from './client.ts';
 
@@ -21,7 +24,55 @@ const wanted = process.env.NERVE_RUNTIMES?.split(',').map((name) => name.trim())
 for (const name of wanted ?? []) {
   if (!declared.includes(name)) throw new Error(`NERVE_RUNTIMES names "${name}", which test/support/server.ts cannot start (known: ${declared.join(', ')})`);
 }
-export const RUNTIMES: readonly Runtime[] = wanted ? (declared as Runtime[]).filter((runtime) => wanted.includes(runtime)) : (declared as Runtime[]);
+
+/**
+ * Cluster spread mode: NERVE_CONFORMANCE_CLUSTER=N makes every describe's
+ * server N nodes of its runtime joined through a redis-server of their own
+ * (test/support/cluster.ts), and each new connection goes to the next node,
+ * so one test's clients land on different nodes in turn. Cross-node delivery
+ * is asynchronous, so in this mode identified() also waits until every node
+ * lists the new session, getClients() answers once every node agrees,
+ * droppedOnServer()/goneOnServer() look at every node, and sync() lets
+ * relays in flight land before its barrier. Runtimes: node unless
+ * NERVE_RUNTIMES names others; cloudflare has no cluster mode.
+ */
+export const CLUSTER_NODES = clusterNodes(process.env.NERVE_CONFORMANCE_CLUSTER);
+function clusterNodes(value: string | undefined): number {
+  if (value === undefined || value.trim() === '') return 0;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`NERVE_CONFORMANCE_CLUSTER must be a number of nodes (got "${value}")`);
+  return n;
+}
+if (CLUSTER_NODES > 0 && wanted?.includes('cloudflare')) throw new Error('NERVE_CONFORMANCE_CLUSTER: cloudflare has no cluster mode; NERVE_RUNTIMES may name node, deno and bun');
+
+const narrowed = wanted ? (declared as Runtime[]).filter((runtime) => wanted.includes(runtime)) : undefined;
+export const RUNTIMES: readonly Runtime[] = narrowed ?? (CLUSTER_NODES > 0 ? ['node'] : (declared as Runtime[]));
+
+/**
+ * In spread mode, how long sync() waits before its barrier: a relay between
+ * nodes has no barrier a client can await, and a heartbeat answered by one
+ * node says nothing about events still on their way from another.
+ */
+export const CLUSTER_SETTLE = 150;
+if (CLUSTER_NODES > 0) {
+  const barrier = TestClient.prototype.sync;
+  TestClient.prototype.sync = async function (this: TestClient, timeout?: number) {
+    await new Promise((resolve) => setTimeout(resolve, CLUSTER_SETTLE));
+    return barrier.call(this, timeout);
+  };
+}
+
+/** The cluster behind a spread-mode server, if it is one. */
+function clusterOf(server: support.RunningServer): Cluster | undefined {
+  return (server as { cluster?: Cluster }).cluster;
+}
+
+async function startSpread(runtime: Runtime, env: Record<string, string>): Promise<support.RunningServer> {
+  if (runtime === 'cloudflare') throw new Error('cloudflare has no cluster mode');
+  const { startCluster } = await import('../support/cluster.ts');
+  const cluster = await startCluster({ runtimes: Array.from({ length: CLUSTER_NODES }, () => runtime), env });
+  return cluster.spread();
+}
 
 export const HEARTBEAT_INTERVAL = 1000;
 export const QUEUE_TTL = 500;
@@ -51,7 +102,7 @@ export const KEEPALIVE: ClientOptions = { heartbeatEvery: 250 };
 export function useServer(runtime: Runtime, env: Record<string, string> = {}, options: { concurrent?: boolean } = {}): () => support.RunningServer {
   let server: support.RunningServer | undefined;
   beforeAll(async () => {
-    server = await support.startServer(runtime, { ...FAST_ENV, ...env });
+    server = CLUSTER_NODES > 0 ? await startSpread(runtime, { ...FAST_ENV, ...env }) : await support.startServer(runtime, { ...FAST_ENV, ...env });
   });
   if (!options.concurrent) afterEach(closeAllClients);
   afterAll(async () => {
@@ -70,12 +121,16 @@ export function uid(prefix: string): string {
   return `${prefix}-${++counter}-${Math.random().toString(16).slice(2, 8)}`;
 }
 
+/** HELLO of each connection opened by connect(): which node a client is on. */
+const hellos = new WeakMap<TestClient, any>();
+
 /** Opens a connection and waits for HELLO. */
 export async function connect(server: support.RunningServer, options: ClientOptions = KEEPALIVE): Promise<{ client: TestClient; hello: any }> {
   const client = new TestClient(server.url, options);
   await client.opened;
   const hello = await client.next();
   expect(hello.op, 'first frame is HELLO').toBe(0);
+  hellos.set(client, hello);
   return { client, hello };
 }
 
@@ -111,6 +166,7 @@ export async function identified(server: support.RunningServer, app: string, cli
   const client = await sendIdentify(server, app, clientId, options);
   const welcome = await client.next();
   expect(welcome, `WELCOME for ${app}/${clientId}`).toEqual({ op: 2, d: "hi i'm dad" });
+  await clusterOf(server)?.waitForClient(app, clientId, { worker: hellos.get(client)?.d?.worker });
   return client;
 }
 
@@ -150,6 +206,8 @@ export async function eventually<T>(probe: () => Promise<T>, check: (value: T) =
 }
 
 export async function getClients(server: support.RunningServer, app?: string): Promise<any[]> {
+  const cluster = clusterOf(server);
+  if (cluster) return cluster.agreedClients(app);
   const res = await fetch(`${server.http}/clients${app === undefined ? '' : `?app_name=${encodeURIComponent(app)}`}`, {
     headers: { authorization: `Bearer ${server.password}` },
   });
@@ -159,6 +217,8 @@ export async function getClients(server: support.RunningServer, app?: string): P
 
 /** Resolves once the server has seen `clientId`'s socket drop (its session waits in the resume window). */
 export function droppedOnServer(server: support.RunningServer, app: string, clientId: string): Promise<unknown> {
+  const cluster = clusterOf(server);
+  if (cluster) return cluster.waitDropped(app, clientId, 3000);
   return eventually(
     () => getClients(server, app),
     (list) => list.some((c) => c.client_id === clientId && c.connected === false),
@@ -169,6 +229,8 @@ export function droppedOnServer(server: support.RunningServer, app: string, clie
 
 /** Resolves once `clientId`'s session is gone from the server. */
 export function goneOnServer(server: support.RunningServer, app: string, clientId: string, timeout = 5000): Promise<unknown> {
+  const cluster = clusterOf(server);
+  if (cluster) return cluster.waitGone(app, clientId, timeout);
   return eventually(
     () => getClients(server, app),
     (list) => !list.some((c) => c.client_id === clientId),
