@@ -114,6 +114,8 @@ export class ClusterLink implements HubCluster {
   private turnScheduled = false;
   private relinking = false;
   private scanning = false;
+  /** A scan was asked for while one ran: it runs again when that one ends. */
+  private rescan = false;
   /** Ordinal → session of what this node stored, so the owner field of a session it drops can go too. */
   private readonly owned = new Map<number, { app: string; id: string }>();
   private readonly inherited = new Map<string, Inherited>();
@@ -435,7 +437,11 @@ export class ClusterLink implements HubCluster {
 
   /** Every second: link again if down; else read the live nodes, tell the core of changes, tend and adopt. */
   private async scan(): Promise<void> {
-    if (this.stopping || this.scanning) return;
+    if (this.stopping) return;
+    if (this.scanning) {
+      this.rescan = true;
+      return;
+    }
     if (!this.up) return this.relink();
     this.scanning = true;
     const epoch = this.epoch;
@@ -454,6 +460,10 @@ export class ClusterLink implements HubCluster {
       this.warn('cluster scan failed', { error: describeError(error) });
     } finally {
       this.scanning = false;
+    }
+    if (this.rescan) {
+      this.rescan = false;
+      void this.scan();
     }
   }
 
@@ -657,6 +667,8 @@ export class ClusterLink implements HubCluster {
   }
 
   private deliver(entry: NodeEntry): void {
+    // A node this one does not count as live yet has joined (its first entry is its `reset`): look now, not at the next scan.
+    if (entry.from !== '' && !this.liveNodes.includes(entry.from) && this.up) void this.scan();
     if (entry.msgs.length === 0) return;
     this.received += entry.msgs.length;
     this.hub.fromCluster({ type: 'node', from: entry.from, msgs: entry.msgs });
