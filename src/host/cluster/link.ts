@@ -114,8 +114,9 @@ export class ClusterLink implements HubCluster {
   private turnScheduled = false;
   private relinking = false;
   private scanning = false;
-  /** A scan was asked for while one ran: it runs again when that one ends. */
-  private rescan = false;
+  /** Counts reads of the node list, so an older one finishing late does not undo a newer one. */
+  private nodeReads = 0;
+  private nodesApplied = 0;
   /** Ordinal → session of what this node stored, so the owner field of a session it drops can go too. */
   private readonly owned = new Map<number, { app: string; id: string }>();
   private readonly inherited = new Map<string, Inherited>();
@@ -336,8 +337,10 @@ export class ClusterLink implements HubCluster {
         this.deliver(entry);
         this.cursors.bus = entry.id;
       }
-      if (page.entries.length < READ_COUNT) return;
+      if (page.entries.length < READ_COUNT) break;
     }
+    // Nodes that joined while this one was starting are live by now, or soon found dead.
+    await this.refreshNodes();
   }
 
   /** Every node in the node list, split by whether its liveness key is still there (this node counts as live). */
@@ -437,21 +440,13 @@ export class ClusterLink implements HubCluster {
 
   /** Every second: link again if down; else read the live nodes, tell the core of changes, tend and adopt. */
   private async scan(): Promise<void> {
-    if (this.stopping) return;
-    if (this.scanning) {
-      this.rescan = true;
-      return;
-    }
+    if (this.stopping || this.scanning) return;
     if (!this.up) return this.relink();
     this.scanning = true;
     const epoch = this.epoch;
     try {
-      const { live, dead } = await this.readNodes();
+      const dead = await this.refreshNodes();
       if (!this.up || epoch !== this.epoch) return;
-      if (!sameNodes(live, this.liveNodes)) {
-        this.liveNodes = live;
-        this.hub.fromCluster({ type: 'link', up: true, nodes: live });
-      }
       await this.tendInherited();
       // Right after Redis comes back every node looks dead until it renews: wait one timeout first.
       if (Date.now() - this.linkedAt < this.timeout) return;
@@ -461,10 +456,21 @@ export class ClusterLink implements HubCluster {
     } finally {
       this.scanning = false;
     }
-    if (this.rescan) {
-      this.rescan = false;
-      void this.scan();
+  }
+
+  /** Reads the live nodes and tells the core when they changed; returns the nodes whose liveness lapsed. */
+  private async refreshNodes(): Promise<string[]> {
+    const epoch = this.epoch;
+    const read = ++this.nodeReads;
+    const { live, dead } = await this.readNodes();
+    if (this.up && epoch === this.epoch && read > this.nodesApplied) {
+      this.nodesApplied = read;
+      if (!sameNodes(live, this.liveNodes)) {
+        this.liveNodes = live;
+        this.hub.fromCluster({ type: 'link', up: true, nodes: live });
+      }
     }
+    return dead;
   }
 
   // ── writing ──────────────────────────────────────────────────────────────
@@ -642,8 +648,25 @@ export class ClusterLink implements HubCluster {
       }
       // Read before the link changed: the cursors may have moved back since, so this is read again.
       if (epoch !== this.epoch || !this.up || this.stopping) continue;
-      this.feed(parseXread(reply));
+      const read = parseXread(reply);
+      // A node that just joined publishes at once: count it as live before routing to its sessions, not a scan later.
+      if (this.fromUnknownNode(read)) {
+        try {
+          await this.refreshNodes();
+        } catch {
+          // The next scan reads them again.
+        }
+        if (epoch !== this.epoch || !this.up || this.stopping) continue;
+      }
+      this.feed(read);
     }
+  }
+
+  private fromUnknownNode(streams: Map<string, RedisReply>): boolean {
+    for (const reply of streams.values()) {
+      for (const entry of parseEntries(reply).entries) if (entry.from !== '' && !this.liveNodes.includes(entry.from)) return true;
+    }
+    return false;
   }
 
   /** Each entry is one `node` input, in stream order; the cursor moves past it whether or not it parsed. */
@@ -667,8 +690,6 @@ export class ClusterLink implements HubCluster {
   }
 
   private deliver(entry: NodeEntry): void {
-    // A node this one does not count as live yet has joined (its first entry is its `reset`): look now, not at the next scan.
-    if (entry.from !== '' && !this.liveNodes.includes(entry.from) && this.up) void this.scan();
     if (entry.msgs.length === 0) return;
     this.received += entry.msgs.length;
     this.hub.fromCluster({ type: 'node', from: entry.from, msgs: entry.msgs });
