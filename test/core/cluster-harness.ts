@@ -10,6 +10,11 @@
 //   together with the stream cursors at the end of each turn; a NERVE_ACK
 //   (`durable`) reaches its client only after that write, and every later
 //   frame to the same connection waits behind it, as a host must keep order;
+// - while a node's link is down it reads nothing and stores nothing, its
+//   ACKs go out at once (there is no storage to wait for), and replies to
+//   its claims that were on their way are lost;
+// - a crash loses the node's open turn and drops its sockets; adoption
+//   (under a reap lock) claims what the dead node stored, see `adopt`;
 // - connections whose frames are decoded and handed to `Client`s, which keep
 //   track of what they received the way a real client does (by `s`).
 //
@@ -48,6 +53,8 @@ interface Turn {
   relays: Map<string, NodeMessage[]>;
   claims: ClaimOutput[];
   waiting: Map<number, Delivery[]>;
+  /** Nodes adopted in this turn: reaped only once it is stored. */
+  adopted: string[];
 }
 
 export class ClusterNode {
@@ -63,6 +70,10 @@ export class ClusterNode {
   linked = false;
   /** Counted among the live nodes the others are told about. */
   member = true;
+  /** Gone, and its adoption is stored by the node that adopted it: its keys may go. */
+  reaped = false;
+  /** The node holding its reap lock: no other node adopts it while that one lives. */
+  reapLock: string | undefined;
   turn: Turn | undefined;
   /** A turn the test keeps open across several inputs (see Cluster.beginTurn). */
   holding = false;
@@ -147,6 +158,19 @@ export class Cluster {
     return node;
   }
 
+  /**
+   * Nodes gone (crashed or left) or draining whose adoption is not stored
+   * yet: an adopter that dies before storing its adoption leaves the dead
+   * node's keys and its entry in the nodes hash behind, to be adopted again.
+   */
+  unreaped(): string[] {
+    return [...this.nodes.values()].filter((node) => node.status !== 'up' && !node.reaped && !this.locked(node)).map((node) => node.id);
+  }
+
+  private locked(node: ClusterNode): boolean {
+    return node.reapLock !== undefined && this.node(node.reapLock).alive;
+  }
+
   /** Live nodes as the link reports them: joined, not declared dead. */
   members(): string[] {
     return [...this.nodes.values()].filter((node) => node.member).map((node) => node.id);
@@ -185,6 +209,7 @@ export class Cluster {
       node.storage.write(changes);
       node.persister.commit(changes);
       node.storedCursors = new Map(node.cursors);
+      for (const dead of turn.adopted) this.node(dead).reaped = true;
       for (const [to, msgs] of turn.relays) this.stream(to).push({ from: node.id, msgs });
       for (const claim of turn.claims) {
         const owner = this.compareAndSet(claim.app, claim.client, claim.node, claim.expected);
@@ -195,7 +220,7 @@ export class Cluster {
   }
 
   private run(node: ClusterNode, input: Input): void {
-    node.turn ??= { id: this.nextTurn++, relays: new Map(), claims: [], waiting: new Map() };
+    node.turn ??= { id: this.nextTurn++, relays: new Map(), claims: [], waiting: new Map(), adopted: [] };
     let outputs: Output[];
     try {
       [node.state, outputs] = step(node.state, input);
@@ -400,6 +425,8 @@ export class Cluster {
     this.endTurn(id);
     const node = this.node(id);
     node.linked = false;
+    // Replies still on their way are lost with the connection.
+    node.claimAnswers.length = 0;
     this.input(id, { type: 'link', now: this.now, up: false, nodes: this.members() });
   }
 
@@ -456,20 +483,26 @@ export class Cluster {
   }
 
   /**
-   * `adopter` adopts `dead`, as the link does once it holds the reap lock:
-   * it claims the dead node's stored sessions (compare-and-set from the dead
-   * node) and hands the core those it got, the held events, the dead node's
-   * unread inbox, and the bus entries the dead node had not read. The
-   * adopter reads the bus up to its end first: entries before the dead
-   * node's cursor the dead node delivered itself, entries after the
-   * adopter's own cursor the adopter delivers to adopted sessions as to its
-   * own, so the bus tail it passes must end where its own reading stands.
-   * From then on the adopter also reads the dead node's inbox (and any inbox
-   * the dead node was reading for a node it had adopted).
+   * `adopter` adopts `dead`, as the link does once it holds the reap lock.
+   * It has had the answers to its own earlier claims (they come back on one
+   * connection, before those adoption makes). It claims the dead node's
+   * stored sessions (compare-and-set from the dead node) and hands the core
+   * those it got, the held events, the dead node's unread inbox, and the bus
+   * entries the dead node had not read. It reads the bus up to its end
+   * first: entries before the dead node's cursor the dead node delivered
+   * itself, entries after the adopter's own cursor the adopter delivers to
+   * adopted sessions as to its own, so the bus tail it passes must end where
+   * its own reading stands. From then on it also reads the dead node's inbox
+   * (and any inbox the dead node was reading for a node it had adopted). The
+   * dead node counts as reaped once the adopter's turn is stored; if the
+   * adopter dies first, its lock lapses and another node adopts the dead one.
    */
   adopt(dead: string, adopter: string): void {
     const gone = this.node(dead);
     const node = this.node(adopter);
+    if (gone.reaped || this.locked(gone)) throw new Error(`${dead} is adopted already, or being adopted`);
+    gone.reapLock = adopter;
+    while (this.answer(adopter));
     while (this.read(adopter, BUS));
     const stored = gone.storage.load();
     const sessions = stored.sessions.filter((record) => this.compareAndSet(record.app, record.id, adopter, dead) === undefined);
@@ -485,7 +518,9 @@ export class Cluster {
     const bus = this.stream(BUS)
       .slice(gone.storedCursors.get(BUS) ?? 0, node.cursors.get(BUS))
       .flatMap((entry) => entry.msgs);
-    this.input(adopter, { type: 'adopt', now: this.now, node: dead, stored: claimed, inbox, bus });
+    this.run(node, { type: 'adopt', now: this.now, node: dead, stored: claimed, inbox, bus });
+    node.turn!.adopted.push(dead);
+    if (!node.holding) this.endTurn(adopter);
   }
 
   // ── views ────────────────────────────────────────────────────────────────

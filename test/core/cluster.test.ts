@@ -4,7 +4,7 @@
 // node, drain, crash and adoption, link outages, fencing, GET /clients).
 
 import { afterEach, describe, expect, it } from 'vitest';
-import { Client, Cluster, type Connection, type Frame } from './cluster-harness.ts';
+import { BUS, Client, Cluster, inboxOf, type Connection, type Frame } from './cluster-harness.ts';
 
 const A = 'node-a';
 const B = 'node-b';
@@ -126,6 +126,39 @@ describe('routing across nodes', () => {
     expect(order.slice(0, 2).map((d) => (d as { by: string }).by).sort()).toEqual(['left', 'right']);
     away.connect(A, { reconnect: true, seq: 'last' });
     expect(payloads(away)).toEqual(order);
+  });
+  it('mode all during a handover: the old owner read the bus before the release, the new owner after the handoff — one delivery', () => {
+    start();
+    const sender = client('api', 'sender');
+    sender.connect(A);
+    const g1 = client('gw', 'g1');
+    g1.connect(B);
+    sender.dispatch('NEWS', { n: 1 }, { app_name: 'gw', mode: 'all' }, 'all1');
+    g1.identify(C, { reconnect: true, seq: 'last' });
+    while (cluster.read(B, BUS));
+    cluster.read(B, inboxOf(B));
+    cluster.read(C, inboxOf(C));
+    expect(g1.connected).toBe(true);
+    cluster.settle();
+    expect(sender.acks.get('all1')).toEqual({ delivered: 1, queued: 0 });
+    expect(payloads(g1)).toEqual([{ n: 1 }]);
+  });
+
+  it('mode all during a handover: the new owner read the bus before the handoff, the old owner after the release — still one delivery', () => {
+    start();
+    const sender = client('api', 'sender');
+    sender.connect(A);
+    const g1 = client('gw', 'g1');
+    g1.connect(B);
+    sender.dispatch('NEWS', { n: 1 }, { app_name: 'gw', mode: 'all' }, 'all1');
+    g1.identify(C, { reconnect: true, seq: 'last' });
+    while (cluster.read(C, BUS));
+    cluster.read(B, inboxOf(B));
+    cluster.read(C, inboxOf(C));
+    expect(g1.connected).toBe(true);
+    cluster.settle();
+    expect(sender.acks.get('all1')).toEqual({ delivered: 1, queued: 0 });
+    expect(payloads(g1)).toEqual([{ n: 1 }]);
   });
 });
 
@@ -311,6 +344,23 @@ describe('faults', () => {
     expect(sender.undeliverable).toEqual([]);
   });
 
+  it('a client that said goodbye on A can identify again on C after A has drained and B adopted it', () => {
+    start();
+    const g1 = client('gw', 'g1');
+    g1.connect(A);
+    g1.bye();
+    cluster.settle();
+    cluster.drain(A);
+    cluster.leave(A);
+    cluster.declareDead(A);
+    cluster.adopt(A, B);
+    cluster.settle();
+    const again = g1.identify(C);
+    cluster.settle();
+    expect(again.frames.slice(1, 2)).toEqual([{ op: 2, d: "hi i'm dad" }]);
+    expect(cluster.owners.get('gw\u0000g1')).toBe(C);
+  });
+
   it('crash of A: after B adopts it, its clients resume on C with every acknowledged event, once', () => {
     start();
     const sender = client('api', 'sender');
@@ -362,6 +412,32 @@ describe('faults', () => {
     g1.connect(B, { reconnect: true, seq: 'last' });
     expect(payloads(g1)).toContainEqual({ n: 'acknowledged' });
     expect(g1.violations).toEqual([]);
+  });
+
+  it('an adopter that dies before storing its adoption: another node adopts the sessions it had claimed', () => {
+    start();
+    const sender = client('api', 'sender');
+    sender.connect(A);
+    const g1 = client('gw', 'g1');
+    g1.connect(B);
+    g1.drop();
+    sender.dispatch('EV', { n: 1 }, { app_name: 'gw', client_id: 'g1' }, 'e1');
+    cluster.settle();
+    expect(sender.acks.get('e1')).toEqual({ delivered: 1, queued: 0 });
+    cluster.crash(B);
+    cluster.declareDead(B);
+    // C claims B's sessions and steps the adoption, then dies before its turn is stored.
+    cluster.beginTurn(C);
+    cluster.adopt(B, C);
+    cluster.crash(C);
+    expect(cluster.unreaped()).toEqual([B, C]);
+    cluster.declareDead(C);
+    cluster.adopt(B, A);
+    cluster.adopt(C, A);
+    cluster.settle();
+    g1.connect(A, { reconnect: true, seq: 'last' });
+    expect(g1.sessionEvents).toEqual([{ resumed: true, s: 1, replayed: 1, missed: 0 }]);
+    expect(payloads(g1)).toEqual([{ n: 1 }]);
   });
 
   it('link outage on A: traffic between A’s own clients flows; a dispatch to a client on B is held, then delivered once the link is back', () => {
