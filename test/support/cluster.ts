@@ -447,7 +447,7 @@ export class ResumingClient {
   /** NERVE_ACK d by nonce. */
   readonly acks = new Map<string, { delivered: number; queued: number }>();
   readonly undeliverable: any[] = [];
-  /** NERVE_SESSION d of each WELCOME after the first connection, and of the first. */
+  /** The NERVE_SESSION d that followed each WELCOME (the first connection's says resumed: false). */
   readonly sessions: any[] = [];
   /** Every NO_U_TBH reason, before or after WELCOME. */
   readonly refusals: string[] = [];
