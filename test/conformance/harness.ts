@@ -33,8 +33,8 @@ for (const name of wanted ?? []) {
  * is asynchronous, so in this mode identified() also waits until every node
  * lists the new session, getClients() answers once every node agrees,
  * droppedOnServer()/goneOnServer() look at every node, and sync() lets
- * relays in flight land before its barrier. Runtimes: node unless
- * NERVE_RUNTIMES names others; cloudflare has no cluster mode.
+ * relays in flight land before its barrier. Runtimes: those of
+ * NERVE_RUNTIMES that have a cluster mode (not cloudflare), else node.
  */
 export const CLUSTER_NODES = clusterNodes(process.env.NERVE_CONFORMANCE_CLUSTER);
 function clusterNodes(value: string | undefined): number {
@@ -43,10 +43,10 @@ function clusterNodes(value: string | undefined): number {
   if (!Number.isInteger(n) || n < 1) throw new Error(`NERVE_CONFORMANCE_CLUSTER must be a number of nodes (got "${value}")`);
   return n;
 }
-if (CLUSTER_NODES > 0 && wanted?.includes('cloudflare')) throw new Error('NERVE_CONFORMANCE_CLUSTER: cloudflare has no cluster mode; NERVE_RUNTIMES may name node, deno and bun');
 
-const narrowed = wanted ? (declared as Runtime[]).filter((runtime) => wanted.includes(runtime)) : undefined;
-export const RUNTIMES: readonly Runtime[] = narrowed ?? (CLUSTER_NODES > 0 ? ['node'] : (declared as Runtime[]));
+const narrowed = wanted ? (declared as Runtime[]).filter((runtime) => wanted.includes(runtime)) : (declared as Runtime[]);
+const clustered = (wanted ? narrowed : []).filter((runtime) => runtime !== 'cloudflare');
+export const RUNTIMES: readonly Runtime[] = CLUSTER_NODES > 0 ? (clustered.length > 0 ? clustered : ['node']) : narrowed;
 
 /**
  * In spread mode, how long sync() waits before its barrier: a relay between
