@@ -130,7 +130,7 @@ export class ClusterLink implements HubCluster {
   private livenessTimer: ReturnType<typeof setInterval> | undefined;
   private scanTimer: ReturnType<typeof setInterval> | undefined;
   private reading: Promise<void> | undefined;
-  private stopping$: Promise<void> | undefined;
+  private leaving: Promise<void> | undefined;
 
   private constructor(options: ClusterLinkOptions) {
     this.hub = options.hub;
@@ -175,6 +175,8 @@ export class ClusterLink implements HubCluster {
       const difference = await this.checkConfig();
       if (difference) throw new ConfigError(difference);
       await this.register();
+      // Renewed from here on: reading a long bus below must not let this node look dead.
+      this.livenessTimer = setInterval(() => void this.renewLiveness(), Math.max(1, Math.floor(this.timeout / 4)));
       const { live } = await this.readNodes();
       this.hub.attachCluster(this);
       this.resetPersister();
@@ -183,6 +185,7 @@ export class ClusterLink implements HubCluster {
       await this.catchUpOnBus();
     } catch (error) {
       this.up = false;
+      clearInterval(this.livenessTimer);
       await this.command.close();
       await this.reader.close();
       if (error instanceof ConfigError || error instanceof ClusterError) throw error;
@@ -192,7 +195,6 @@ export class ClusterLink implements HubCluster {
       port.onDown((reason) => this.goDown(reason));
       port.onReady(() => void this.relink());
     }
-    this.livenessTimer = setInterval(() => void this.renewLiveness(), Math.max(1, Math.floor(this.timeout / 4)));
     this.scanTimer = setInterval(() => void this.scan(), SCAN_MS);
     this.reading = this.readLoop();
   }
@@ -246,8 +248,8 @@ export class ClusterLink implements HubCluster {
    * what is left at once. Its namespace stays for that node to load.
    */
   stop(): Promise<void> {
-    this.stopping$ ??= this.leave();
-    return this.stopping$;
+    this.leaving ??= this.leave();
+    return this.leaving;
   }
 
   private async leave(): Promise<void> {
