@@ -62,7 +62,7 @@ type RedisClient = ReturnType<RedisModule['createClient']>;
 let loading: Promise<RedisModule> | undefined;
 
 /** @redis/client, or a ClusterError saying how to install it. */
-export function loadRedisModule(): Promise<RedisModule> {
+function loadRedisModule(): Promise<RedisModule> {
   loading ??= import('@redis/client').catch((error: unknown) => {
     loading = undefined;
     const message = error instanceof Error ? error.message : String(error);
