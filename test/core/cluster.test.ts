@@ -160,6 +160,26 @@ describe('routing across nodes', () => {
     expect(sender.acks.get('all1')).toEqual({ delivered: 1, queued: 0 });
     expect(payloads(g1)).toEqual([{ n: 1 }]);
   });
+
+  it('mode all to a session of a node that crashed before reading it: adopted and handed on, the session still gets it', () => {
+    start();
+    const sender = client('api', 'sender');
+    sender.connect(A);
+    const g1 = client('gw', 'g1');
+    g1.connect(C);
+    cluster.crash(C);
+    sender.dispatch('NEWS', { n: 1 }, { app_name: 'gw', mode: 'all' }, 'all1');
+    cluster.settle();
+    expect(sender.acks.get('all1')).toEqual({ delivered: 1, queued: 0 });
+    // g1 comes back on B, which has read past the event while the session was still C's.
+    g1.identify(B, { reconnect: true, seq: 'last' });
+    while (cluster.read(B, BUS));
+    cluster.declareDead(C);
+    cluster.adopt(C, A);
+    cluster.settle();
+    expect(g1.connected).toBe(true);
+    expect(payloads(g1)).toEqual([{ n: 1 }]);
+  });
 });
 
 describe('held events', () => {
@@ -248,6 +268,25 @@ describe('takeover and resume on another node', () => {
     cluster.settle();
     expect(events(onB.frames).at(-1)).toEqual(['EV', { n: 5 }, 5]);
     expect(g1.violations).toEqual([]);
+  });
+
+  it('dispatches from one session to one session keep their order while the recipient moves from A to B', () => {
+    start();
+    const sender = client('api', 'sender');
+    sender.connect(B);
+    const g1 = client('gw', 'g1');
+    g1.connect(A);
+    g1.identify(B, { reconnect: true, seq: 'last' });
+    // Sent before B has the session: it follows B's release into A's inbox.
+    sender.dispatch('EV', { n: 1 }, { app_name: 'gw', client_id: 'g1' }, 'e1');
+    cluster.read(A, inboxOf(A));
+    cluster.read(A, inboxOf(A));
+    cluster.read(B, inboxOf(B));
+    expect(g1.connected).toBe(true);
+    // Sent once B has it: delivered there at once.
+    sender.dispatch('EV', { n: 2 }, { app_name: 'gw', client_id: 'g1' }, 'e2');
+    cluster.settle();
+    expect(payloads(g1)).toEqual([{ n: 1 }, { n: 2 }]);
   });
 
   it('after an abrupt drop on A, a resume on B replays what was sent meanwhile, in order, once', () => {
@@ -438,6 +477,28 @@ describe('faults', () => {
     g1.connect(A, { reconnect: true, seq: 'last' });
     expect(g1.sessionEvents).toEqual([{ resumed: true, s: 1, replayed: 1, missed: 0 }]);
     expect(payloads(g1)).toEqual([{ n: 1 }]);
+  });
+
+  it('a session handed over to A just before A crashed is the adopter’s in the owners hash too, so a link bounce does not fence it', () => {
+    start();
+    const g1 = client('gw', 'g1');
+    g1.connect(C);
+    // g1 moves to A: C hands the session over, and A crashes before reading the handoff.
+    g1.identify(A, { reconnect: true, seq: 'last' });
+    cluster.read(C, inboxOf(C));
+    expect(cluster.owners.get('gw\u0000g1')).toBe(A);
+    cluster.crash(A);
+    cluster.declareDead(A);
+    cluster.adopt(A, B);
+    cluster.settle();
+    g1.connect(B, { reconnect: true, seq: 'last' });
+    expect(g1.sessionEvents.at(-1)).toMatchObject({ resumed: true });
+    cluster.linkDown(B);
+    cluster.linkUp(B);
+    cluster.settle();
+    expect(g1.closes.filter((close) => close.node === B)).toEqual([]);
+    expect(g1.connected).toBe(true);
+    expect(cluster.owners.get('gw\u0000g1')).toBe(B);
   });
 
   it('link outage on A: traffic between A’s own clients flows; a dispatch to a client on B is held, then delivered once the link is back', () => {
