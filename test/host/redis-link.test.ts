@@ -389,7 +389,7 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     await stopNode(a);
   }, 15_000);
 
-  it('adopts a node whose liveness lapsed: claims its sessions, hands the core its state and unread inbox, then deletes its keys', async () => {
+  it('adopts a node whose liveness lapsed: claims its sessions, hands the core its state and unread inboxes, then deletes its keys', async () => {
     const cluster = newCluster();
     const keys = new ClusterKeys(cluster);
     const dead = 'nerve-dead01';
@@ -399,12 +399,18 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     const unread: NodeMessage = { t: 'down', app: 'x', id: 'unread', node: 'nerve-other1' };
     const handledId = await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', JSON.stringify([handled])));
     await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', JSON.stringify([unread])));
+    // A node the dead one had adopted, whose inbox it was still reading.
+    const grand = 'nerve-grand1';
+    const grandHandled = await admin.command(xaddCommand(keys.inbox(grand), 'nerve-other1', JSON.stringify([{ ...handled, id: 'grand-handled' }])));
+    const grandUnread: NodeMessage = { t: 'down', app: 'x', id: 'grand-unread', node: 'nerve-other1' };
+    await admin.command(xaddCommand(keys.inbox(grand), 'nerve-other1', JSON.stringify([grandUnread])));
     const state: Changeset = {
       dropSessions: [],
       droppedReplay: [],
       sessions: [
         { ord: 1, app: 'api', id: 'mine', md: {}, conn: 3, at: 1, seq: 1, exp: 0, wr: 0 },
         { ord: 2, app: 'api', id: 'moved', md: {}, conn: null, at: 1, seq: 0, exp: Date.now() + 30_000, wr: 0 },
+        { ord: 3, app: 'api', id: 'orphan', md: {}, conn: null, at: 1, seq: 0, exp: Date.now() + 30_000, wr: 0 },
       ],
       trimReplay: [],
       replay: [{ ord: 1, s: 1, msg }],
@@ -413,8 +419,11 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
       dropHeld: [],
       held: [{ id: 1, app: 'api', exp: Date.now() + 30_000, msg }],
     };
-    await admin.transaction([...changesetCommands(deadKeys, state), cursorsCommand(deadKeys, { inbox: String(handledId), bus: '0-0' })]);
-    await admin.command(['HSET', keys.owners('api'), 'mine', dead, 'moved', 'nerve-other1']);
+    await admin.transaction([...changesetCommands(deadKeys, state), cursorsCommand(deadKeys, { inbox: String(handledId), bus: '0-0', inherited: { [grand]: String(grandHandled) } })]);
+    // `moved` belongs to a live node now; `orphan` to a node that claimed it and died before storing it.
+    await admin.command(['HSET', keys.owners('api'), 'mine', dead, 'moved', 'nerve-other1', 'orphan', 'nerve-gone99']);
+    await admin.command(['HSET', keys.nodes, 'nerve-other1', JSON.stringify({ runtime: 'node', started: 1 })]);
+    await admin.command(['SET', keys.alive('nerve-other1'), '1', 'PX', '20000']);
     await admin.command(['HSET', keys.nodes, dead, JSON.stringify({ runtime: 'node', started: 1 })]);
     await admin.command(['SET', keys.alive(dead), '1', 'PX', '300']);
 
@@ -423,13 +432,14 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     await until(() => adopted().length === 1, 'the adoption', 6_000);
     const input = adopted()[0]!;
     expect(input.node).toBe(dead);
-    // The session another node owns by now is not taken, nor its rows.
-    expect(input.stored.sessions.map((record) => record.id)).toEqual(['mine']);
+    // The session a live node owns by now is not taken, nor its rows.
+    expect(input.stored.sessions.map((record) => record.id).sort()).toEqual(['mine', 'orphan']);
     expect(input.stored.replay).toEqual([{ ord: 1, s: 1, msg }]);
     expect(input.stored.held).toHaveLength(1);
-    expect(input.inbox).toEqual([unread]);
+    expect(input.inbox).toEqual([unread, grandUnread]);
     expect(redis.cli('HGET', keys.owners('api'), 'mine')).toBe('nerve-h00001');
     expect(redis.cli('HGET', keys.owners('api'), 'moved')).toBe('nerve-other1');
+    expect(redis.cli('HGET', keys.owners('api'), 'orphan')).toBe('nerve-h00001');
     expect(a.link.metrics().adopted).toBe(1);
     expect(redis.cli('GET', keys.reap(dead))).toBe('nerve-h00001');
 
@@ -437,13 +447,18 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     const late: NodeMessage = { t: 'down', app: 'x', id: 'late', node: 'nerve-other1' };
     await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', JSON.stringify([late])));
     await until(() => ofType(a.inputs, 'node').some((node) => node.msgs.some((m) => m.t === 'down' && m.id === 'late')), 'the late relay');
-    // Its state goes once the adopter stored it; its inbox and its place in the node list after two timeouts.
+    // Once the adopter stored it, it is reaped: its state and its place in the node list go; the inboxes it read are the adopter's to read, with their cursors.
     await until(() => redis.cli('EXISTS', deadKeys.sessions) === '0', 'its state to be deleted');
-    await until(() => redis.cli('HEXISTS', keys.nodes, dead) === '0', 'its node entry to be deleted', 6_000);
-    expect(redis.cli('EXISTS', deadKeys.inbox, deadKeys.meta)).toBe('0');
+    await until(() => redis.cli('HEXISTS', keys.nodes, dead) === '0', 'its node entry to be deleted');
+    const meta = keys.node('nerve-h00001').meta;
+    await until(() => redis.cli('HEXISTS', meta, `inbox:${grand}`) === '1', 'the inherited cursors to be stored');
+    expect(redis.cli('HEXISTS', meta, `inbox:${dead}`)).toBe('1');
+    // After two timeouts, its inbox and the rest of its keys go, and the cursors with them.
+    await until(() => redis.cli('EXISTS', deadKeys.inbox, deadKeys.meta) === '0', 'its inbox to be deleted', 6_000);
+    await until(() => redis.cli('HEXISTS', meta, `inbox:${dead}`) === '0' && redis.cli('HEXISTS', meta, `inbox:${grand}`) === '0', 'their cursors to be removed');
     // The adopter stored the session as its own.
     const mine = await loadNamespace(admin, keys.node('nerve-h00001'));
-    expect(mine.stored.sessions.map((record) => record.id)).toEqual(['mine']);
+    expect(mine.stored.sessions.map((record) => record.id).sort()).toEqual(['mine', 'orphan']);
     await stopNode(a);
   }, 20_000);
 

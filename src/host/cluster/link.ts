@@ -21,6 +21,7 @@ import {
   compareIds,
   cursorsCommand,
   forgetCommand,
+  forgetCursorsCommand,
   loadNamespace,
   parseEntries,
   parseXread,
@@ -49,12 +50,13 @@ const WARN_EVERY_MS = 60_000;
 
 /** A dead node this node adopted, whose inbox it still reads for a while. */
 interface Inherited {
+  /** The last entry of its inbox stepped here; stored with this node's state. */
   cursor: string;
   /** When its keys are deleted. */
   until: number;
-  /** The write that stores its adopted state here; once that is done, its own copy can go. */
+  /** The write that stores its adopted state here: once that is done it is reaped (no one adopts it again). */
   storedBy: number;
-  stateDropped: boolean;
+  reaped: boolean;
 }
 
 const schedule: (callback: () => void) => void = typeof setImmediate === 'function' ? (callback) => void setImmediate(callback) : (callback) => void setTimeout(callback, 0);
@@ -103,6 +105,8 @@ export class ClusterLink implements HubCluster {
   private rewriteAll = true;
   private cursors: Cursors = { inbox: '0-0', bus: '0-0' };
   private writtenCursors = '';
+  /** Adopted nodes no longer read, whose cursor fields the next write removes. */
+  private forgottenInboxes = new Set<string>();
   private relays: Relay[] = [];
   private claims: Claim[] = [];
   /** The write that will carry what is stepped from now on. */
@@ -269,13 +273,8 @@ export class ClusterLink implements HubCluster {
       this.startWrite();
     }
     if (this.up) {
-      const goodbyes: Promise<RedisReply>[] = [];
-      // An inbox still being read for a dead node is left to the next adopter from where this one got to.
-      for (const [node, inherited] of this.inherited) {
-        goodbyes.push(this.command.command(['HSET', this.keys.node(node).meta, 'inbox', inherited.cursor]));
-        goodbyes.push(this.command.command(['DEL', this.keys.reap(node)]));
-      }
-      goodbyes.push(this.command.command(['DEL', this.keys.alive(this.self)]));
+      // Adopted inboxes still being read are this node's to hand on: their cursors are in its stored state.
+      const goodbyes = [this.reapStored(), this.command.command(['DEL', this.keys.alive(this.self)])];
       await Promise.race([Promise.allSettled(goodbyes), sleep(Math.max(0, deadline - Date.now()))]);
     }
     this.up = false;
@@ -494,8 +493,15 @@ export class ClusterLink implements HubCluster {
       this.barrierAsked ||
       this.rewriteAll ||
       (marks !== undefined && marks.sessions.size + marks.apps.size > 0) ||
-      `${this.cursors.inbox} ${this.cursors.bus}` !== this.writtenCursors
+      this.forgottenInboxes.size > 0 ||
+      JSON.stringify(this.cursorSnapshot()) !== this.writtenCursors
     );
+  }
+
+  private cursorSnapshot(): Cursors {
+    const snapshot: Cursors = { inbox: this.cursors.inbox, bus: this.cursors.bus };
+    if (this.inherited.size > 0) snapshot.inherited = Object.fromEntries([...this.inherited].map(([node, inherited]) => [node, inherited.cursor]));
+    return snapshot;
   }
 
   private startWrite(): void {
@@ -525,8 +531,9 @@ export class ClusterLink implements HubCluster {
     const generation = this.generation++;
     this.barrierAsked = false;
     const changes = persister.flush(state);
-    const cursors = `${this.cursors.inbox} ${this.cursors.bus}`;
-    const snapshot = { ...this.cursors };
+    const snapshot = this.cursorSnapshot();
+    const cursors = JSON.stringify(snapshot);
+    const doneInboxes = [...this.forgottenInboxes];
     const rewrite = this.rewriteAll;
     const relays = this.relays;
     const claims = this.claims;
@@ -536,22 +543,23 @@ export class ClusterLink implements HubCluster {
     const stateCommands: string[][] = [];
     if (rewrite) stateCommands.push(['DEL', ...stateKeys(this.own)]);
     if (!isEmptyChangeset(changes)) stateCommands.push(...changesetCommands(this.own, changes));
+    if (doneInboxes.length > 0 && !rewrite) stateCommands.push(forgetCursorsCommand(this.own, doneInboxes));
     if (rewrite || cursors !== this.writtenCursors) stateCommands.push(cursorsCommand(this.own, snapshot));
-    const forgets = this.forgetCommands(changes);
+    const ownerForgets = this.ownerForgetCommands(changes);
     for (const record of changes.sessions) this.owned.set(record.ord, { app: record.app, id: record.id });
     const groups = this.relayGroups(relays);
 
     const stateWrite = stateCommands.length > 0 ? this.command.transaction(stateCommands) : Promise.resolve([]);
-    const forgotten = forgets.map((args) => this.command.command(args));
+    const ownersForgotten = ownerForgets.map((args) => this.command.command(args));
     const claimed = claims.map((claim) => this.command.command(claimCommand(this.keys.owners(claim.app), claim.client, claim.node, claim.expected)));
     const appended = groups.map((group) => this.command.command(xaddCommand(group.stream, this.self, group.json)));
 
-    const [stateResult, forgetResults, claimResults, appendResults] = await Promise.all([
+    const [stateResult, ownerResults, claimResults, appendResults] = await Promise.all([
       stateWrite.then(
         () => undefined,
         (error: unknown) => describeError(error),
       ),
-      Promise.allSettled(forgotten),
+      Promise.allSettled(ownersForgotten),
       Promise.allSettled(claimed),
       Promise.allSettled(appended),
     ]);
@@ -561,10 +569,11 @@ export class ClusterLink implements HubCluster {
       persister.commit(changes);
       this.storedThrough = generation;
       this.writtenCursors = cursors;
+      for (const node of doneInboxes) this.forgottenInboxes.delete(node);
       if (rewrite) this.rewriteAll = false;
     }
     // An owner field left behind only makes a later claim ask this node first; it is not worth a retry.
-    void forgetResults;
+    void ownerResults;
     const failedClaims: Claim[] = [];
     const answers: { key: string; owner: string | undefined }[] = [];
     claimResults.forEach((result, i) => {
@@ -591,7 +600,7 @@ export class ClusterLink implements HubCluster {
   }
 
   /** The owner fields to remove for sessions this write drops, unless the same session lives here again. */
-  private forgetCommands(changes: Changeset): string[][] {
+  private ownerForgetCommands(changes: Changeset): string[][] {
     const state = this.hub.state;
     const out: string[][] = [];
     for (const ord of changes.dropSessions) {
@@ -701,9 +710,10 @@ export class ClusterLink implements HubCluster {
 
   /**
    * Adopts a node whose liveness lapsed, if this node gets its lock first:
-   * claims its sessions (dropping those it no longer owned), and hands the
-   * core its stored state with what its inbox and the bus held that it never
-   * handled. Its inbox is then read here for two timeouts more.
+   * claims its sessions (dropping those another node owns by now), and hands
+   * the core its stored state with what its inbox (and the inboxes it was
+   * reading for nodes it had adopted) and the bus held that it never handled.
+   * Those inboxes are then read here for two timeouts more.
    */
   private async adopt(node: string): Promise<void> {
     this.adopting.add(node);
@@ -714,15 +724,20 @@ export class ClusterLink implements HubCluster {
       const loaded = await loadNamespace(this.command, keys);
       if (loaded.skipped > 0) this.warn('adopted node rows skipped: not records', { node, count: loaded.skipped });
       const stored = loaded.stored;
-      const claims = await Promise.all(stored.sessions.map((record) => this.command.command(claimCommand(this.keys.owners(record.app), record.id, this.self, node))));
       const kept = new Set<number>();
+      const owners = await Promise.all(stored.sessions.map((record) => this.claimFrom(record.app, record.id, node)));
       stored.sessions = stored.sessions.filter((record, i) => {
-        const ours = claimOwner(claims[i] ?? null) === undefined;
+        const ours = owners[i] === undefined;
         if (ours) kept.add(record.ord);
         return ours;
       });
       stored.replay = stored.replay.filter((row) => kept.has(row.ord));
-      const inbox = await readRange(this.command, keys.inbox, loaded.cursors.inbox ?? '0-0');
+      const inboxes = new Map<string, string>([[node, loaded.cursors.inbox ?? '0-0'], ...Object.entries(loaded.cursors.inherited ?? {})]);
+      const unread = new Map<string, NodeEntry[]>();
+      for (const [owner, after] of inboxes) {
+        if (owner === this.self || this.inherited.has(owner)) continue;
+        unread.set(owner, (await readRange(this.command, this.keys.inbox(owner), after)).entries);
+      }
       // Mode-all events it had not read, up to where this node has read the bus: those after it are read as usual.
       const bus: NodeEntry[] = [];
       let through = loaded.cursors.bus ?? this.cursors.bus;
@@ -732,14 +747,14 @@ export class ClusterLink implements HubCluster {
         through = target;
       }
       const flat = (entries: NodeEntry[]) => entries.flatMap((entry) => entry.msgs) as NodeMessage[];
-      this.hub.fromCluster({ type: 'adopt', node, stored, inbox: flat(inbox.entries), bus: flat(bus) });
+      const inbox = [...unread.values()].flatMap(flat);
+      this.hub.fromCluster({ type: 'adopt', node, stored, inbox, bus: flat(bus) });
       this.adopted++;
-      this.inherited.set(node, {
-        cursor: inbox.entries.at(-1)?.id ?? loaded.cursors.inbox ?? '0-0',
-        until: Date.now() + 2 * this.timeout,
-        storedBy: this.generation,
-        stateDropped: false,
-      });
+      const until = Date.now() + 2 * this.timeout;
+      for (const [owner, entries] of unread) {
+        this.inherited.set(owner, { cursor: entries.at(-1)?.id ?? inboxes.get(owner)!, until, storedBy: this.generation, reaped: false });
+        this.forgottenInboxes.delete(owner);
+      }
       this.scheduleTurn();
     } catch (error) {
       this.warn('adopting a node failed; another scan tries again', { node, error: describeError(error) });
@@ -749,33 +764,50 @@ export class ClusterLink implements HubCluster {
   }
 
   /**
-   * Each scan, for every adopted node: once its state is stored here its own
-   * copy goes (so no one adopts it twice); its lock is renewed and its inbox
-   * cursor kept, so a node adopting this one would carry on from there; after
-   * two timeouts its keys are deleted, unless it came back meanwhile.
+   * Claims a dead node's session for this node: undefined when it is ours now,
+   * else the node that keeps it. A session another dead node claimed (an
+   * adopter that died before storing it) has no one else to go to: it is
+   * claimed from that node too.
+   */
+  private async claimFrom(app: string, client: string, dead: string): Promise<string | undefined> {
+    const owners = this.keys.owners(app);
+    const owner = claimOwner(await this.command.command(claimCommand(owners, client, this.self, dead)));
+    if (owner === undefined || this.liveNodes.includes(owner)) return owner;
+    return claimOwner(await this.command.command(claimCommand(owners, client, this.self, owner)));
+  }
+
+  /**
+   * Each scan, for every adopted node: once its state is stored here it is
+   * reaped — its own copy of the state and its place in the node list go, so
+   * no one adopts it again — and until then its lock is renewed. After two
+   * timeouts the rest of its keys go, unless it came back meanwhile, and its
+   * inbox is no longer read.
    */
   private async tendInherited(): Promise<void> {
+    await this.reapStored();
     for (const [node, inherited] of [...this.inherited]) {
-      const keys = this.keys.node(node);
-      if (!inherited.stateDropped && this.storedThrough >= inherited.storedBy) {
-        await this.command.command(['DEL', keys.sessions, keys.replay, keys.held, keys.apps]);
-        inherited.stateDropped = true;
-      }
-      if (Date.now() < inherited.until) {
-        await Promise.all([
-          this.command.command(['SET', this.keys.reap(node), this.self, 'PX', String(2 * this.timeout)]),
-          this.command.command(['HSET', keys.meta, 'inbox', inherited.cursor]),
-        ]);
+      if (!inherited.reaped) {
+        await this.command.command(['SET', this.keys.reap(node), this.self, 'PX', String(2 * this.timeout)]);
         continue;
       }
+      if (Date.now() < inherited.until) continue;
       if ((await this.command.command(['EXISTS', this.keys.alive(node)])) === 0) {
-        await Promise.all([
-          this.command.command(['DEL', ...stateKeys(keys), keys.inbox]),
-          this.command.command(['HDEL', this.keys.nodes, node]),
-          this.command.command(['DEL', this.keys.reap(node)]),
-        ]);
+        const keys = this.keys.node(node);
+        await Promise.all([this.command.command(['DEL', ...stateKeys(keys), keys.inbox]), this.command.command(['DEL', this.keys.reap(node)])]);
       }
       this.inherited.delete(node);
+      this.forgottenInboxes.add(node);
+      this.scheduleTurn();
+    }
+  }
+
+  /** Reaps the adopted nodes whose adoption is stored here by now. */
+  private async reapStored(): Promise<void> {
+    for (const [node, inherited] of this.inherited) {
+      if (inherited.reaped || this.storedThrough < inherited.storedBy) continue;
+      const keys = this.keys.node(node);
+      await Promise.all([this.command.command(['DEL', keys.sessions, keys.replay, keys.held, keys.apps]), this.command.command(['HDEL', this.keys.nodes, node])]);
+      inherited.reaped = true;
     }
   }
 

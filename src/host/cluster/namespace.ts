@@ -8,11 +8,19 @@ import type { AppRecord, Changeset, HeldRecord, MetaRecord, ReplayRecord, Sessio
 import type { NodeKeys } from './keys.ts';
 import type { RedisPort, RedisReply } from './redis.ts';
 
-/** The last stream entries whose messages were stepped, written with the state they produced. */
+/**
+ * The last stream entries whose messages were stepped, written with the state
+ * they produced: this node's inbox, the bus, and the inboxes of nodes it
+ * adopted that it still reads (by node id).
+ */
 export interface Cursors {
   inbox: string;
   bus: string;
+  inherited?: Record<string, string>;
 }
+
+/** The meta hash field of the cursor of an adopted node's inbox. */
+const INHERITED_PREFIX = 'inbox:';
 
 /** Streams are trimmed to about this many entries (MAXLEN ~). */
 export const STREAM_MAX_LENGTH = 100_000;
@@ -62,7 +70,14 @@ export function changesetCommands(keys: NodeKeys, changes: Changeset): string[][
 }
 
 export function cursorsCommand(keys: NodeKeys, cursors: Cursors): string[] {
-  return ['HSET', keys.meta, 'inbox', cursors.inbox, 'bus', cursors.bus];
+  const fields = ['inbox', cursors.inbox, 'bus', cursors.bus];
+  for (const [node, cursor] of Object.entries(cursors.inherited ?? {})) fields.push(`${INHERITED_PREFIX}${node}`, cursor);
+  return ['HSET', keys.meta, ...fields];
+}
+
+/** Removes the cursors of adopted inboxes no longer read. */
+export function forgetCursorsCommand(keys: NodeKeys, nodes: string[]): string[] {
+  return ['HDEL', keys.meta, ...nodes.map((node) => `${INHERITED_PREFIX}${node}`)];
 }
 
 /** Field/value pairs of an HGETALL reply. */
@@ -151,6 +166,7 @@ export async function loadNamespace(redis: RedisPort, keys: NodeKeys): Promise<L
   for (const [field, value] of pairs(meta)) {
     if (field === 'inbox' && isStreamId(value)) cursors.inbox = value;
     else if (field === 'bus' && isStreamId(value)) cursors.bus = value;
+    else if (field.startsWith(INHERITED_PREFIX) && isStreamId(value)) (cursors.inherited ??= {})[field.slice(INHERITED_PREFIX.length)] = value;
     else if (field === META_RECORD) {
       const object = parseObject(value);
       const record = object && metaOf(object);
