@@ -138,6 +138,7 @@ export class Cluster {
   readonly violations: string[] = [];
   private nextConn = 1;
   private nextTurn = 1;
+  private nextRequest = 1;
 
   constructor(
     ids: string[],
@@ -323,6 +324,16 @@ export class Cluster {
     if (!conn.open) return;
     conn.closed = { code, reason: 'closed by the client', dropped: code === 1006 };
     this.input(conn.node, { type: 'close', now: this.now, conn: conn.id, code });
+  }
+
+  /** POST /dispatch on one node: its answer. */
+  httpDispatch(id: string, body: unknown): Output {
+    const node = this.node(id);
+    const request = this.nextRequest++;
+    this.input(id, { type: 'dispatch', now: this.now, request, body });
+    const answer = node.http.find((output) => (output.type === 'dispatched' || output.type === 'rejected') && output.request === request);
+    if (!answer) throw new Error(`${id} did not answer request ${request}`);
+    return answer;
   }
 
   // ── the link ─────────────────────────────────────────────────────────────

@@ -54,6 +54,34 @@ describe('routing across nodes', () => {
     expect(receiver.violations).toEqual([]);
   });
 
+  it('POST /dispatch on C reaches the client on A', () => {
+    start();
+    const g1 = client('gw', 'g1');
+    g1.connect(A);
+    expect(cluster.httpDispatch(C, { e: 'HOOK', d: { n: 1 }, to: { app_name: 'gw', client_id: 'g1' } })).toEqual({ type: 'dispatched', request: 1, delivered: 1, queued: 0 });
+    cluster.settle();
+    expect(g1.receipts.map((r) => [r.e, r.d, r.from, r.node])).toEqual([['HOOK', { n: 1 }, { app_name: 'http' }, A]]);
+  });
+
+  it('a NERVE_ACK reaches its sender only once the turn that accepted the dispatch is stored, and never if the node dies first', () => {
+    start();
+    const sender = client('api', 'sender');
+    const g1 = client('gw', 'g1');
+    sender.connect(A);
+    g1.connect(B);
+    cluster.beginTurn(A);
+    sender.dispatch('EV', { n: 1 }, { app_name: 'gw', client_id: 'g1' }, 'stored');
+    expect(sender.acks.size).toBe(0);
+    cluster.endTurn(A);
+    expect(sender.acks.get('stored')).toEqual({ delivered: 1, queued: 0 });
+    cluster.beginTurn(A);
+    sender.dispatch('EV', { n: 2 }, { app_name: 'gw', client_id: 'g1' }, 'lost');
+    cluster.crash(A);
+    expect(sender.acks.has('lost')).toBe(false);
+    cluster.settle();
+    expect(payloads(g1)).toEqual([{ n: 1 }]);
+  });
+
   it('mode one: round robin from one node takes turns over the clients of every node', () => {
     start();
     const sender = client('api', 'sender');
