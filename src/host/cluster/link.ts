@@ -390,7 +390,7 @@ export class ClusterLink implements HubCluster {
       await this.writing;
       const difference = await this.checkConfig();
       if (difference) {
-        this.warn('cluster link stays down: this node settings differ from the cluster', { reason: difference });
+        this.warn("cluster link stays down: this node's settings differ from the cluster's", { reason: difference });
         return;
       }
       await this.register();
