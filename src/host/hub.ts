@@ -67,7 +67,8 @@ export interface HubOptions {
 
 /** The inputs only a cluster link feeds; the hub stamps `now`. */
 export type ClusterInput =
-  | { type: 'node'; from: string; msgs: Extract<Input, { type: 'node' }>['msgs'] }
+  /** `at`: the entry's id, for entries read from the bus. */
+  | { type: 'node'; from: string; msgs: Extract<Input, { type: 'node' }>['msgs']; at?: string | undefined }
   | { type: 'link'; up: boolean; nodes: string[] }
   | { type: 'claimed'; key: string; owner?: string | undefined }
   | Omit<Extract<Input, { type: 'adopt' }>, 'now'>;

@@ -276,6 +276,11 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     const fromA = () => ofType(b.inputs, 'node').filter((input) => input.from === 'nerve-e00001' && input.msgs.length === 25);
     await until(() => fromA().length === 1, 'node B to read the entry');
     expect(fromA()[0]!.msgs).toEqual(msgs);
+    // An inbox entry is just its messages; a bus entry also says where on the bus it is.
+    expect((fromA()[0] as { at?: string }).at).toBeUndefined();
+    const busEntry = () => ofType(b.inputs, 'node').find((input) => input.from === 'nerve-e00001' && input.msgs.length === 5) as { at?: string } | undefined;
+    await until(() => busEntry() !== undefined, 'node B to read the bus entry');
+    expect(busEntry()!.at).toBe(redis.cli('XREVRANGE', keys.bus, '+', '-', 'COUNT', '1').split('\n')[0]);
     // The bus entry reaches every node, its sender too.
     await until(() => ofType(a.inputs, 'node').some((input) => input.from === 'nerve-e00001' && input.msgs.length === 5), 'node A to read its own bus entry');
     await until(() => b.link.metrics().received >= 30, 'the received count');

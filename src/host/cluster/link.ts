@@ -335,7 +335,7 @@ export class ClusterLink implements HubCluster {
       const reply = await this.command.command(['XRANGE', this.keys.bus, `(${this.cursors.bus}`, '+', 'COUNT', String(READ_COUNT)]);
       const page = parseEntries(reply);
       for (const entry of page.entries) {
-        this.deliver(entry);
+        this.deliver(entry, true);
         this.cursors.bus = entry.id;
       }
       if (page.entries.length < READ_COUNT) break;
@@ -687,7 +687,7 @@ export class ClusterLink implements HubCluster {
       if (bad > 0) this.warn('cluster stream entries skipped: not node messages', { stream, count: bad });
       const inherited = stream === this.own.inbox || stream === this.keys.bus ? undefined : this.inheritedBy(stream);
       for (const entry of entries) {
-        this.deliver(entry);
+        this.deliver(entry, stream === this.keys.bus);
         if (stream === this.own.inbox) this.cursors.inbox = entry.id;
         else if (stream === this.keys.bus) this.cursors.bus = entry.id;
         else if (inherited) inherited.cursor = entry.id;
@@ -700,10 +700,11 @@ export class ClusterLink implements HubCluster {
     return undefined;
   }
 
-  private deliver(entry: NodeEntry): void {
+  /** One entry as one `node` input; a bus entry says where on the bus it is, which a session moving between nodes needs. */
+  private deliver(entry: NodeEntry, fromBus: boolean): void {
     if (entry.msgs.length === 0) return;
     this.received += entry.msgs.length;
-    this.hub.fromCluster({ type: 'node', from: entry.from, msgs: entry.msgs });
+    this.hub.fromCluster(fromBus ? { type: 'node', from: entry.from, msgs: entry.msgs, at: entry.id } : { type: 'node', from: entry.from, msgs: entry.msgs });
   }
 
   // ── adoption ─────────────────────────────────────────────────────────────
