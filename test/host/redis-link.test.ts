@@ -156,23 +156,32 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
 
   it('claims with compare-and-set and answers the core with the owner', async () => {
     const cluster = newCluster();
+    const owners = `${cluster}:{a:api}:owners`;
     const a = await startNode(cluster, 'nerve-b00001');
     const b = await startNode(cluster, 'nerve-b00002');
     const answers = (node: Node) => ofType(node.inputs, 'claimed');
-    a.link.collect({ type: 'claim', app: 'api', client: 'c1', node: 'nerve-b00001', expected: '', answer: true });
+    // A session the core creates on A is claimed for A first.
+    const socket = new FakeSocket();
+    const conn = a.hub.open(socket, { format: 'json', compression: 'none' });
+    a.hub.receive(conn, JSON.stringify({ op: 1, d: { app_name: 'api', client_id: 'c1', password: PASSWORD } }));
     await until(() => answers(a).length === 1, 'the first claim');
     expect(answers(a)[0]).toMatchObject({ key: 'api\u0000c1', owner: undefined });
+    expect(redis.cli('HGET', owners, 'c1')).toBe('nerve-b00001');
+    // Another node's claim with no owner expected is refused, and told who owns it.
     b.link.collect({ type: 'claim', app: 'api', client: 'c1', node: 'nerve-b00002', expected: '', answer: true });
     await until(() => answers(b).length === 1, 'the refused claim');
     expect(answers(b)[0]).toMatchObject({ key: 'api\u0000c1', owner: 'nerve-b00001' });
     // With the owner as expected (a handoff), it moves; a claim without an answer is not answered.
-    b.link.collect({ type: 'claim', app: 'api', client: 'c1', node: 'nerve-b00002', expected: 'nerve-b00001', answer: false });
-    await until(() => redis.cli('HGET', `${cluster}:{a:api}:owners`, 'c1') === 'nerve-b00002', 'the handed-over claim');
+    a.link.collect({ type: 'claim', app: 'api', client: 'c1', node: 'nerve-b00002', expected: 'nerve-b00001', answer: false });
+    await until(() => redis.cli('HGET', owners, 'c1') === 'nerve-b00002', 'the handed-over claim');
     await sleep(50);
-    expect(answers(b)).toHaveLength(1);
-    // The owner claiming again succeeds; the previous one no longer can.
-    expect(await admin.command(claimCommand(`${cluster}:{a:api}:owners`, 'c1', 'nerve-b00002', ''))).toBe('');
-    expect(await admin.command(claimCommand(`${cluster}:{a:api}:owners`, 'c1', 'nerve-b00001', ''))).toBe('nerve-b00002');
+    expect(answers(a)).toHaveLength(1);
+    // The owner claiming again succeeds; the previous one no longer can; node '' gives it up.
+    expect(await admin.command(claimCommand(owners, 'c1', 'nerve-b00002', ''))).toBe('');
+    expect(await admin.command(claimCommand(owners, 'c1', 'nerve-b00001', ''))).toBe('nerve-b00002');
+    expect(await admin.command(claimCommand(owners, 'c1', '', 'nerve-b00001'))).toBe('nerve-b00002');
+    expect(await admin.command(claimCommand(owners, 'c1', '', 'nerve-b00002'))).toBe('');
+    expect(redis.cli('HEXISTS', owners, 'c1')).toBe('0');
     await stopNode(a);
     await stopNode(b);
   });
@@ -241,7 +250,7 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     expect(loaded.skipped).toBe(1);
   });
 
-  it('stores the state of a session the core creates, with the stream cursors, and forgets its owner when it ends', async () => {
+  it('stores the state of a session the core creates, with the stream cursors, and gives up its owner field when it ends', async () => {
     const cluster = newCluster();
     const a = await startNode(cluster, 'nerve-d00001', { limits: { resumeWindow: 0 } });
     const socket = new FakeSocket();

@@ -1,13 +1,13 @@
 // The cluster link: one node's connection to its cluster through Redis
 // (docs/cluster.md, "How it works"). It registers the node and keeps its
 // liveness, writes what each turn changed (state and stream cursors in one
-// MULTI, then ownership, then relays) with at most one write in flight, reads
+// MULTI, then claims, then relays) with at most one write in flight, reads
 // its inbox and the bus into the hub, tells the core when the link or the set
 // of live nodes changes, and adopts nodes that died. Redis failures become a
 // link that is down, never an exception in the hub.
 
 import type { NodeMessage } from '../../core/cluster-messages.ts';
-import { isEmptyChangeset, Persister, type Changeset } from '../../core/persist.ts';
+import { isEmptyChangeset, Persister } from '../../core/persist.ts';
 import { sessionKey } from '../../core/state.ts';
 import { ConfigError, type ClusterSettings } from '../config.ts';
 import type { ClusterOutput, Hub, HubCluster } from '../hub.ts';
@@ -20,7 +20,6 @@ import {
   claimOwner,
   compareIds,
   cursorsCommand,
-  forgetCommand,
   forgetCursorsCommand,
   loadNamespace,
   parseEntries,
@@ -121,8 +120,6 @@ export class ClusterLink implements HubCluster {
   /** Counts reads of the node list, so an older one finishing late does not undo a newer one. */
   private nodeReads = 0;
   private nodesApplied = 0;
-  /** Ordinal → session of what this node stored, so the owner field of a session it drops can go too. */
-  private readonly owned = new Map<number, { app: string; id: string }>();
   private readonly inherited = new Map<string, Inherited>();
   private readonly adopting = new Set<string>();
   private readonly fingerprints = new Map<string, Fingerprint>();
@@ -518,9 +515,8 @@ export class ClusterLink implements HubCluster {
   }
 
   /**
-   * One write: this node's state and cursors in one MULTI, then the owner
-   * fields of sessions it no longer has, then claims, then one XADD per
-   * destination. Issued back to back on one connection, Redis runs them in
+   * One write: this node's state and cursors in one MULTI, then claims,
+   * then one XADD per destination. Issued back to back on one connection, Redis runs them in
    * that order. The persister is told the state is stored only once EXEC
    * succeeded; relays and claims that failed are sent again after the link
    * comes back.
@@ -545,21 +541,17 @@ export class ClusterLink implements HubCluster {
     if (!isEmptyChangeset(changes)) stateCommands.push(...changesetCommands(this.own, changes));
     if (doneInboxes.length > 0 && !rewrite) stateCommands.push(forgetCursorsCommand(this.own, doneInboxes));
     if (rewrite || cursors !== this.writtenCursors) stateCommands.push(cursorsCommand(this.own, snapshot));
-    const ownerForgets = this.ownerForgetCommands(changes);
-    for (const record of changes.sessions) this.owned.set(record.ord, { app: record.app, id: record.id });
     const groups = this.relayGroups(relays);
 
     const stateWrite = stateCommands.length > 0 ? this.command.transaction(stateCommands) : Promise.resolve([]);
-    const ownersForgotten = ownerForgets.map((args) => this.command.command(args));
     const claimed = claims.map((claim) => this.command.command(claimCommand(this.keys.owners(claim.app), claim.client, claim.node, claim.expected)));
     const appended = groups.map((group) => this.command.command(xaddCommand(group.stream, this.self, group.json)));
 
-    const [stateResult, ownerResults, claimResults, appendResults] = await Promise.all([
+    const [stateResult, claimResults, appendResults] = await Promise.all([
       stateWrite.then(
         () => undefined,
         (error: unknown) => describeError(error),
       ),
-      Promise.allSettled(ownersForgotten),
       Promise.allSettled(claimed),
       Promise.allSettled(appended),
     ]);
@@ -572,8 +564,6 @@ export class ClusterLink implements HubCluster {
       for (const node of doneInboxes) this.forgottenInboxes.delete(node);
       if (rewrite) this.rewriteAll = false;
     }
-    // An owner field left behind only makes a later claim ask this node first; it is not worth a retry.
-    void ownerResults;
     const failedClaims: Claim[] = [];
     const answers: { key: string; owner: string | undefined }[] = [];
     claimResults.forEach((result, i) => {
@@ -597,22 +587,6 @@ export class ClusterLink implements HubCluster {
     for (const answer of answers) this.hub.fromCluster({ type: 'claimed', key: answer.key, owner: answer.owner });
     if (failure !== undefined) this.goDown(`a cluster write failed: ${failure}`);
     else this.hub.stored(generation);
-  }
-
-  /** The owner fields to remove for sessions this write drops, unless the same session lives here again. */
-  private ownerForgetCommands(changes: Changeset): string[][] {
-    const state = this.hub.state;
-    const out: string[][] = [];
-    for (const ord of changes.dropSessions) {
-      const session = this.owned.get(ord);
-      if (!session) continue;
-      this.owned.delete(ord);
-      const key = sessionKey(session.app, session.id);
-      const live = state.sessions.get(key);
-      if ((live && live.node === undefined) || state.cluster?.claiming.has(key)) continue;
-      out.push(forgetCommand(this.keys.owners(session.app), session.id, this.self));
-    }
-    return out;
   }
 
   /** Relays grouped by destination stream, in the order first seen, each group's messages as one JSON array. */

@@ -264,29 +264,20 @@ export async function readRange(redis: RedisPort, stream: string, after: string,
 // ── ownership ──────────────────────────────────────────────────────────────
 
 /**
- * Claim: KEYS[1] the app's owners hash; ARGV client, node, expected. The
- * session becomes `node`'s when it has no owner, or its owner is `expected`
- * or `node` already; returns '' then, else the owner.
+ * Claim: KEYS[1] the app's owners hash; ARGV client, node, expected. When the
+ * session has no owner, or its owner is `expected` or `node` already, it
+ * becomes `node`'s (node '' gives it up: the field goes) and '' is returned;
+ * else the owner.
  */
 const CLAIM_SCRIPT = `local owner = redis.call('HGET', KEYS[1], ARGV[1])
-if (not owner) or owner == ARGV[3] or owner == ARGV[2] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if (not owner) or owner == '' or owner == ARGV[3] or owner == ARGV[2] then
+  if ARGV[2] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
   return ''
 end
 return owner`;
 
-/** Forget: the owner field goes only while it still names this node (another may have claimed it since). */
-const FORGET_SCRIPT = `if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 0`;
-
 export function claimCommand(ownersKey: string, client: string, node: string, expected: string): string[] {
   return ['EVAL', CLAIM_SCRIPT, '1', ownersKey, client, node, expected];
-}
-
-export function forgetCommand(ownersKey: string, client: string, node: string): string[] {
-  return ['EVAL', FORGET_SCRIPT, '1', ownersKey, client, node];
 }
 
 /** The owner a claim reply names: undefined when the claim succeeded. */
