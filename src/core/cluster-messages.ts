@@ -42,4 +42,15 @@ export type NodeMessage =
    * and the client did not ask to resume; `moved` when another node has it;
    * neither when no node has it.
    */
-  | { t: 'handoff'; key: string; session?: SessionRecord; replay?: ReplayRecord[]; refused?: string; moved?: string };
+  | {
+      t: 'handoff';
+      key: string;
+      session?: SessionRecord;
+      replay?: ReplayRecord[];
+      /** The last bus entry the old owner had handled for the session: mode-all events after it are the new owner's to deliver. */
+      bus?: string;
+      /** Set when the session was adopted and not resumed since (see Session.adoptedSeq). */
+      adoptedSeq?: number;
+      refused?: string;
+      moved?: string;
+    };

@@ -7,7 +7,7 @@
 
 import type { Claims } from './auth.ts';
 import type { NodeMessage, RegistryEntry } from './cluster-messages.ts';
-import { deliver, deliverHeld, forgetUnflushed, insertHeld, matches, reroute, undeliverable } from './delivery.ts';
+import { clearReplay, deliver, deliverHeld, forgetUnflushed, insertHeld, matches, reroute, undeliverable } from './delivery.ts';
 import type { Output } from './io.ts';
 import { emptyMetadata, mergeMetadata } from './metadata.ts';
 import { replayRecords, routedFrom, routedRecord, sessionFromRecord, type ReplayRecord, type SessionRecord, type Stored } from './persist.ts';
@@ -22,7 +22,10 @@ import {
   touchSession,
   type ClusterState,
   type Conn,
+  type PendingClaim,
   type Identify,
+  entryBytes,
+  type ReplayEntry,
   type Routed,
   type Session,
   type State,
@@ -34,6 +37,20 @@ import { fail, send } from './wire.ts';
 const MAX_HOPS = 3;
 /** Times an IDENTIFY asks another owner before giving up with 4503. */
 const MAX_CLAIM_ATTEMPTS = 5;
+/**
+ * Mode-all events kept from the latest bus entries, for a session handed over
+ * by a node that had read less of the bus than this one (see catchUp). Nodes
+ * read the bus within milliseconds of each other; this covers seconds of
+ * heavy broadcast traffic.
+ */
+const RECENT_ALL_MAX = 4096;
+
+/** Orders Redis stream ids (`ms-seq`). */
+export function compareIds(a: string, b: string): number {
+  const [aMs = 0, aSeq = 0] = a.split('-').map(Number);
+  const [bMs = 0, bSeq = 0] = b.split('-').map(Number);
+  return aMs !== bMs ? aMs - bMs : aSeq - bSeq;
+}
 
 function relay(cluster: ClusterState, out: Output[], to: string | undefined, msg: NodeMessage): void {
   cluster.relayed++;
@@ -55,7 +72,29 @@ export function canHandTo(state: State, session: Session): boolean {
 /** Hands an event to the node that owns `session`; that node now owes it to the session. */
 export function relayEvent(state: State, out: Output[], session: Session, msg: Routed): void {
   state.counters.deliveries++;
-  relay(state.cluster!, out, session.node, { t: 'event', to: session.key, msg: routedRecord(msg), hops: msg.hops ?? 0 });
+  const pending = state.cluster!.claiming.get(session.key);
+  if (pending) pending.waiting.push(msg);
+  else relay(state.cluster!, out, session.node, { t: 'event', to: session.key, msg: routedRecord(msg), hops: msg.hops ?? 0 });
+}
+
+/** A claim settled (or was given up): what waited for it goes to the session, here or wherever it is now. */
+function settleWaiting(state: State, out: Output[], pending: PendingClaim, now: number): void {
+  const key = sessionKey(pending.identify.app_name, pending.identify.client_id);
+  for (const msg of pending.waiting.splice(0)) {
+    const session = state.sessions.get(key);
+    if (session && session.node === undefined) deliver(state, out, session, msg);
+    else reroute(state, out, msg, now);
+  }
+}
+
+/** The connection of a waiting IDENTIFY closed: the claim goes on without it (a handoff still lands here). */
+export function abandonClaim(state: State, out: Output[], conn: Conn, now: number): void {
+  const cluster = state.cluster!;
+  const key = conn.claimKey!;
+  const pending = cluster.claiming.get(key);
+  if (pending?.conn !== conn) return;
+  cluster.claiming.delete(key);
+  settleWaiting(state, out, pending, now);
 }
 
 /** Mode all while linked: every node (this one too) delivers it from the bus, so all recipients see one order. */
@@ -63,10 +102,16 @@ export function relayAll(state: State, out: Output[], msg: Routed): void {
   relay(state.cluster!, out, undefined, { t: 'all', msg: routedRecord(msg) });
 }
 
-/** NERVE_UNDELIVERABLE for a sender that lives on another node. */
+/** Reports kept while the link is down, at most; older ones are dropped first (and counted in the log). */
+const OWED_REPORTS_MAX = 10_000;
+
+/** NERVE_UNDELIVERABLE for a sender that lives on another node; kept until the link is back if it is down. */
 export function relayUndeliverable(state: State, out: Output[], sender: Session, msg: Routed, reason: string): void {
-  if (!state.cluster!.linked) return;
-  relay(state.cluster!, out, sender.node, { t: 'undeliverable', to: sender.key, e: msg.e, reason, nonce: msg.nonce });
+  const cluster = state.cluster!;
+  const report: NodeMessage = { t: 'undeliverable', to: sender.key, e: msg.e, reason, nonce: msg.nonce };
+  if (cluster.linked) return relay(cluster, out, sender.node, report);
+  cluster.owedReports.push(report);
+  if (cluster.owedReports.length > OWED_REPORTS_MAX) cluster.owedReports.shift();
 }
 
 // ── the registry ───────────────────────────────────────────────────────────
@@ -103,6 +148,8 @@ export function publishChanges(state: State, out: Output[]): void {
       else if (live === undefined) {
         const [app, id] = splitKey(key);
         relay(cluster, out, undefined, { t: 'down', app, id, node: cluster.self });
+        // The identity is free again: the next node to claim it need not ask this one.
+        out.push({ type: 'claim', app, client: id, node: '', expected: cluster.self, answer: false });
       }
     }
   }
@@ -115,11 +162,13 @@ function splitKey(key: string): [string, string] {
 }
 
 /** Adds or updates another node's session in this node's replica. */
-function upsertRemote(state: State, out: Output[], entry: RegistryEntry): void {
+function upsertRemote(state: State, out: Output[], entry: RegistryEntry, now: number): void {
   const key = sessionKey(entry.app, entry.id);
   let session = state.sessions.get(key);
   if (session && session.node === undefined) {
-    // Ours by our claim; the other node's entry is stale or it is about to be fenced.
+    // Ours by our claim; the other node's entry is stale (it is about to be
+    // fenced): say again that it is ours, so no replica keeps the stale one.
+    noteChanged(state, session);
     return;
   }
   const metadata = emptyMetadata();
@@ -138,7 +187,7 @@ function upsertRemote(state: State, out: Output[], entry: RegistryEntry): void {
   session.connectedAt = entry.at;
   session.authority = entry.au;
   const pending = state.cluster!.claiming.get(key);
-  if (pending && pending.asked !== '' && pending.asked !== entry.node) askOwner(state, out, key, pending, entry.node);
+  if (pending && pending.asked !== '' && pending.asked !== entry.node) askOwner(state, out, key, pending, entry.node, now);
   // Events held here for no one may be this session's now.
   if (isReachable(state, session)) deliverHeld(state, out, session);
 }
@@ -166,28 +215,29 @@ export function claimSession(state: State, out: Output[], conn: Conn, d: Identif
   if (cluster.claiming.has(key)) {
     return reject(state, out, conn, Close.CONFLICT, `IDENTIFY: another IDENTIFY for ${d.app_name}/${d.client_id} is in progress`, now);
   }
-  const pending = { conn, identify: d, claims, asked: '', attempts: 0 };
+  const pending: PendingClaim = { conn, identify: d, claims, asked: '', attempts: 0, waiting: [] };
   cluster.claiming.set(key, pending);
   conn.claimKey = key;
-  if (existing?.node !== undefined) askOwner(state, out, key, pending, existing.node);
+  if (existing?.node !== undefined) askOwner(state, out, key, pending, existing.node, now);
   else out.push({ type: 'claim', app: d.app_name, client: d.client_id, node: cluster.self, expected: '', answer: true });
 }
 
-function askOwner(state: State, out: Output[], key: string, pending: { conn: Conn; identify: Identify; asked: string; attempts: number }, node: string): void {
+function askOwner(state: State, out: Output[], key: string, pending: PendingClaim, node: string, now: number): void {
   const cluster = state.cluster!;
   if (++pending.attempts > MAX_CLAIM_ATTEMPTS) {
-    return giveUp(state, out, key, `the cluster could not hand ${pending.identify.app_name}/${pending.identify.client_id} over; retry`);
+    return giveUp(state, out, key, `the cluster could not hand ${pending.identify.app_name}/${pending.identify.client_id} over; retry`, now);
   }
   pending.asked = node;
   relay(cluster, out, node, { t: 'release', key, node: cluster.self, reconnect: pending.identify.reconnect === true });
 }
 
-function giveUp(state: State, out: Output[], key: string, reason: string): void {
+function giveUp(state: State, out: Output[], key: string, reason: string, now: number): void {
   const pending = state.cluster!.claiming.get(key);
   if (!pending) return;
   state.cluster!.claiming.delete(key);
   pending.conn.claimKey = undefined;
-  if (isWaiting(state, pending.conn)) reject(state, out, pending.conn, Close.AT_CAPACITY, `IDENTIFY: ${reason}`, 0);
+  settleWaiting(state, out, pending, now);
+  if (isWaiting(state, pending.conn)) reject(state, out, pending.conn, Close.AT_CAPACITY, `IDENTIFY: ${reason}`, now);
 }
 
 function isWaiting(state: State, conn: Conn): boolean {
@@ -201,20 +251,27 @@ function proceed(state: State, out: Output[], key: string, now: number): void {
   if (!pending) return;
   cluster.claiming.delete(key);
   pending.conn.claimKey = undefined;
+  settleWaiting(state, out, pending, now);
   if (isWaiting(state, pending.conn)) admitOwned(state, out, pending.conn, pending.identify, pending.claims, now);
 }
 
 /** The link's answer to a claim. */
-export function claimed(state: State, out: Output[], key: string, owner: string | undefined, now: number): void {
+export function claimed(state: State, out: Output[], key: string, answer: string | undefined, now: number): void {
   const cluster = state.cluster!;
+  const owner = answer === '' ? undefined : answer;
   const pending = cluster.claiming.get(key);
   if (pending && pending.asked === '') {
     if (owner === undefined || owner === cluster.self) return proceed(state, out, key, now);
-    return askOwner(state, out, key, pending, owner);
+    return askOwner(state, out, key, pending, owner, now);
   }
   // A re-claim after the link came back: someone else owns it now, so this node must stop serving it.
   const session = state.sessions.get(key);
   if (owner !== undefined && owner !== cluster.self && session && session.node === undefined) fence(state, out, session, owner);
+  if (owner === undefined && (!session || session.node !== undefined)) {
+    // Claimed for an IDENTIFY whose connection went away meanwhile: the identity is free again.
+    const [app, client] = splitKey(key);
+    out.push({ type: 'claim', app, client, node: '', expected: cluster.self, answer: false });
+  }
 }
 
 function fence(state: State, out: Output[], session: Session, owner: string): void {
@@ -246,12 +303,15 @@ function release(state: State, out: Output[], key: string, asker: string, reconn
   }
   const record: SessionRecord = handoffRecord(session, now);
   const replay: ReplayRecord[] = replayRecords(session);
+  // Bus entries it had not handled yet for the session are the new owner's: that is why it passes its position.
+  const bus = session.busSeen !== undefined && compareIds(session.busSeen, cluster.busAt) > 0 ? session.busSeen : cluster.busAt;
   dropLocalSession(state, session);
   cluster.changed.delete(key);
   // Until the new owner publishes, events for the session go to it.
-  upsertRemote(state, out, { app: record.app, id: record.id, node: asker, connected: false, md: record.md, at: record.at, au: record.au ?? 'password' });
+  upsertRemote(state, out, { app: record.app, id: record.id, node: asker, connected: false, md: record.md, at: record.at, au: record.au ?? 'password' }, now);
   out.push({ type: 'claim', app: record.app, client: record.id, node: asker, expected: cluster.self, answer: false });
-  relay(cluster, out, asker, { t: 'handoff', key, session: record, replay });
+  const adoptedSeq = session.adoptedSeq;
+  relay(cluster, out, asker, { t: 'handoff', key, session: record, replay, bus, ...(adoptedSeq !== undefined ? { adoptedSeq } : {}) });
   out.push({ type: 'log', level: 'info', msg: 'session handed over', fields: { app_name: record.app, client_id: record.id, to: asker } });
 }
 
@@ -272,8 +332,12 @@ function handoffRecord(session: Session, now: number): SessionRecord {
   };
 }
 
-/** Makes a session handed over or adopted from another node this node's, waiting to be resumed. */
-function importSession(state: State, out: Output[], record: SessionRecord, rows: ReplayRecord[], now: number): Session {
+/**
+ * Makes a session handed over or adopted from another node this node's,
+ * waiting to be resumed. `busSeen`: the bus entry the old owner had handled
+ * it up to; mode-all events on either side of it are neither lost nor repeated.
+ */
+function importSession(state: State, out: Output[], record: SessionRecord, rows: ReplayRecord[], now: number, busSeen?: string): Session {
   const key = sessionKey(record.app, record.id);
   const existing = state.sessions.get(key);
   if (existing) {
@@ -282,50 +346,78 @@ function importSession(state: State, out: Output[], record: SessionRecord, rows:
   }
   const sorted = [...rows].sort((a, b) => a.s - b.s);
   const session = sessionFromRecord(state, record, sorted, state.nextOrdinal++);
+  if (busSeen !== undefined) {
+    const cluster = state.cluster!;
+    if (compareIds(busSeen, cluster.busAt) > 0) session.busSeen = busSeen;
+    else catchUp(state, out, session, busSeen);
+  }
   touchSession(state, session);
   keepResumable(state, out, session, Math.max(now, record.exp - state.config.resumeWindow));
   noteChanged(state, session);
   return session;
 }
 
+/**
+ * This node has read further on the bus than the node that handed the
+ * session over: the mode-all events in between reached neither, so they are
+ * delivered now, before anything newer.
+ */
+function catchUp(state: State, out: Output[], session: Session, after: string): void {
+  const cluster = state.cluster!;
+  const recent = cluster.recentAll;
+  if (compareIds(cluster.busAt, after) > 0 && (recent.length === 0 || compareIds(recent[0]!.at, after) > 0) && recent.length >= RECENT_ALL_MAX) {
+    out.push({ type: 'log', level: 'warn', msg: 'mode-all events older than those kept were missed by a session handed over', fields: { app_name: session.app.name, client_id: session.clientId } });
+  }
+  for (const { at, msg } of recent) {
+    if (compareIds(at, after) <= 0 || msg.target.app_name !== session.app.name || msg.senderKey === session.key) continue;
+    if (matches(session, msg)) deliver(state, out, session, msg);
+  }
+}
+
 function handoff(state: State, out: Output[], from: string, msg: Extract<NodeMessage, { t: 'handoff' }>, now: number): void {
   const cluster = state.cluster!;
   const key = msg.key;
-  if (msg.session) importSession(state, out, msg.session, msg.replay ?? [], now);
+  if (msg.session) {
+    const session = importSession(state, out, msg.session, msg.replay ?? [], now, msg.bus ?? cluster.busAt);
+    if (msg.adoptedSeq !== undefined) session.adoptedSeq = msg.adoptedSeq;
+  }
   const pending = cluster.claiming.get(key);
   if (!pending) return;
   if (msg.refused !== undefined) {
     cluster.claiming.delete(key);
     pending.conn.claimKey = undefined;
+    settleWaiting(state, out, pending, now);
     const d = pending.identify;
     if (isWaiting(state, pending.conn)) reject(state, out, pending.conn, Close.CONFLICT, `IDENTIFY: ${d.app_name}/${d.client_id} is already connected`, now);
     return;
   }
-  if (msg.moved !== undefined && msg.moved !== cluster.self) return askOwner(state, out, key, pending, msg.moved);
+  if (msg.moved !== undefined && msg.moved !== cluster.self) return askOwner(state, out, key, pending, msg.moved, now);
   if (msg.session) return proceed(state, out, key, now);
-  // The node asked has no such session: claim it from whoever the cluster says owns it.
+  // The node asked has no such session (it ended there): claim it from that node.
   const [app, client] = splitKey(key);
   const stale = state.sessions.get(key);
   if (stale && stale.node !== undefined) removeRemote(state, stale);
+  const asked = pending.asked;
   pending.asked = '';
-  out.push({ type: 'claim', app, client, node: cluster.self, expected: from, answer: true });
+  out.push({ type: 'claim', app, client, node: cluster.self, expected: asked === '' ? from : asked, answer: true });
 }
 
 // ── node messages ──────────────────────────────────────────────────────────
 
-export function handleNodeMessages(state: State, out: Output[], from: string, msgs: NodeMessage[], now: number): void {
+export function handleNodeMessages(state: State, out: Output[], from: string, msgs: NodeMessage[], now: number, at?: string): void {
   const cluster = state.cluster!;
   for (const msg of msgs) {
     cluster.received++;
-    handle(state, out, from, msg, now);
+    handle(state, out, from, msg, now, undefined, at);
   }
+  if (at !== undefined && compareIds(at, cluster.busAt) > 0) cluster.busAt = at;
 }
 
-function handle(state: State, out: Output[], from: string, msg: NodeMessage, now: number, only?: ReadonlySet<Session>): void {
+function handle(state: State, out: Output[], from: string, msg: NodeMessage, now: number, only?: ReadonlySet<Session>, at?: string): void {
   const cluster = state.cluster!;
   switch (msg.t) {
     case 'up':
-      if (msg.node !== cluster.self) upsertRemote(state, out, msg);
+      if (msg.node !== cluster.self) upsertRemote(state, out, msg, now);
       return;
     case 'down': {
       const session = state.sessions.get(sessionKey(msg.app, msg.id));
@@ -338,7 +430,7 @@ function handle(state: State, out: Output[], from: string, msg: NodeMessage, now
       }
       return;
     case 'all':
-      return deliverAllHere(state, out, routedFrom(msg.msg, state.config), only);
+      return deliverAllHere(state, out, routedFrom(msg.msg, state.config), only, at);
     case 'event': {
       const event = routedFrom(msg.msg, state.config);
       event.hops = msg.hops;
@@ -372,13 +464,22 @@ function handle(state: State, out: Output[], from: string, msg: NodeMessage, now
   }
 }
 
-/** A mode-all event read back from the bus: this node's matching sessions get it. */
-function deliverAllHere(state: State, out: Output[], msg: Routed, only?: ReadonlySet<Session>): void {
+/**
+ * A mode-all event read back from the bus: this node's matching sessions get
+ * it, except one whose old owner had handled this entry already (busSeen).
+ */
+function deliverAllHere(state: State, out: Output[], msg: Routed, only?: ReadonlySet<Session>, at?: string): void {
+  if (at !== undefined && only === undefined) {
+    const recent = state.cluster!.recentAll;
+    recent.push({ at, msg });
+    if (recent.length > RECENT_ALL_MAX) recent.shift();
+  }
   const app = state.apps.get(msg.target.app_name);
   if (!app) return;
   for (const session of [...app.sessions]) {
     if (session.node !== undefined || session.key === msg.senderKey) continue;
     if (only && !only.has(session)) continue;
+    if (at !== undefined && session.busSeen !== undefined && compareIds(at, session.busSeen) <= 0) continue;
     if (matches(session, msg)) deliver(state, out, session, msg);
   }
 }
@@ -401,15 +502,22 @@ export function tooManyHops(msg: Routed): boolean {
 // ── the link and adoption ──────────────────────────────────────────────────
 
 /** The link went up or down, or the live nodes changed. */
-export function linkChanged(state: State, out: Output[], up: boolean, nodes: string[]): void {
+export function linkChanged(state: State, out: Output[], up: boolean, nodes: string[], now: number): void {
   const cluster = state.cluster!;
   const wasLinked = cluster.linked;
+  const joined = nodes.filter((node) => !cluster.nodes.has(node));
   cluster.linked = up;
   cluster.nodes = new Set(nodes);
   cluster.nodes.add(cluster.self);
   if (!up) {
-    for (const key of [...cluster.claiming.keys()]) giveUp(state, out, key, 'the cluster link was lost; retry');
+    for (const key of [...cluster.claiming.keys()]) giveUp(state, out, key, 'the cluster link was lost; retry', now);
     return;
+  }
+  const owed = cluster.owedReports.splice(0);
+  for (const report of owed) {
+    if (report.t !== 'undeliverable') continue;
+    const sender = state.sessions.get(report.to);
+    if (sender?.node !== undefined) relay(cluster, out, sender.node, report);
   }
   if (!wasLinked) {
     // Everyone may have missed what this node did meanwhile (or Redis forgot it): say it all again.
@@ -420,6 +528,10 @@ export function linkChanged(state: State, out: Output[], up: boolean, nodes: str
       out.push({ type: 'claim', app: session.app.name, client: session.clientId, node: cluster.self, expected: cluster.self, answer: true });
     }
     cluster.changed.clear();
+  } else if (joined.length > 0) {
+    // A node that joins learns the registry from the bus; the bus may have
+    // been trimmed since an entry was last published, so every node says it again.
+    for (const session of state.sessions.values()) if (session.node === undefined) noteChanged(state, session);
   }
   // Held events may have a recipient on a node that was out of reach.
   for (const app of [...state.apps.values()]) {
@@ -444,16 +556,26 @@ export function adopt(state: State, out: Output[], node: string, stored: Stored,
   for (const record of stored.sessions) {
     // A dead node's connections are gone: its sessions are resumable from now.
     const resumable = record.conn === null ? record : { ...record, exp: now + state.config.resumeWindow };
-    adopted.add(importSession(state, out, resumable, rows.get(record.ord) ?? [], now));
+    const session = importSession(state, out, resumable, rows.get(record.ord) ?? [], now);
+    session.adoptedSeq = session.seq;
+    adopted.add(session);
   }
   for (const record of stored.held) {
     const msg = routedFrom(record.msg, state.config);
     if (record.exp <= now) undeliverable(state, out, msg, `no connected client of ${msg.target.app_name} within ${state.config.queueTtl} ms`);
     else insertHeld(state, msg, record.exp);
   }
-  for (const msg of inbox) handle(state, out, node, msg, now);
-  // Mode-all events the dead node never read: only its sessions are owed them.
+  // Mode-all events the dead node never read go to its sessions first, before
+  // a release waiting in its inbox can hand one of them on.
   for (const msg of bus) if (msg.t === 'all') handle(state, out, node, msg, now, adopted);
+  const before = new Set(state.sessions.values());
+  for (const msg of inbox) handle(state, out, node, msg, now);
+  // Sessions handed to the dead node in messages it never read are this node's now, in the owners hash too.
+  for (const session of state.sessions.values()) {
+    if (session.node === undefined && !before.has(session)) {
+      out.push({ type: 'claim', app: session.app.name, client: session.clientId, node: cluster.self, expected: node, answer: false });
+    }
+  }
   for (const [key, pending] of [...cluster.claiming]) {
     const session = state.sessions.get(key);
     if (pending.asked === node && session && session.node === undefined) proceed(state, out, key, now);
@@ -465,3 +587,28 @@ export function adopt(state: State, out: Output[], node: string, stored: Stored,
   out.push({ type: 'log', level: 'warn', msg: 'adopted a node that left or died', fields: { node, sessions: adopted.size, held: stored.held.length } });
 }
 
+
+/**
+ * A client resumes an adopted session with a `seq` past what the dead node
+ * had stored: that node wrote events to it while cut off from Redis. What
+ * this node has buffered since the adoption is sent again numbered after the
+ * client's `seq` — possibly repeating an event it had, never losing one.
+ */
+export function renumberAfter(state: State, session: Session, seq: number): void {
+  const from = Math.max(session.adoptedSeq ?? session.seq, session.replayFirst - 1);
+  const kept: ReplayEntry[] = [];
+  for (let s = from + 1; s <= session.seq; s++) kept.push(session.replay.at(s - session.replayFirst));
+  clearReplay(state, session);
+  session.seq = seq;
+  session.replayFirst = seq + 1;
+  session.writtenUpTo = seq;
+  for (const entry of kept) {
+    const s = ++session.seq;
+    const renumbered = typeof entry === 'string' ? entry.replace(/,"s":\d+\}$/, `,"s":${s}}`) : entry;
+    session.replay.push(renumbered);
+    session.replayBytes += entryBytes(renumbered);
+    state.memory.replay += entryBytes(renumbered);
+  }
+  session.adoptedSeq = undefined;
+  touchSession(state, session);
+}

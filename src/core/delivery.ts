@@ -244,10 +244,7 @@ export function undeliverable(state: State, out: Output[], msg: Routed, reason: 
 
 export function acknowledge(state: State, out: Output[], senderKey: string, nonce: string, delivered: number, queued: number): void {
   const conn = state.sessions.get(senderKey)?.conn;
-  if (!conn) return;
-  send(state, out, conn, { op: Op.DISPATCH, e: ACK_EVENT, nonce, d: { delivered, queued } });
-  // A clustered host sends it only once the event is stored (docs/cluster.md).
-  if (state.cluster) (out[out.length - 1] as Output & { type: 'send' }).durable = true;
+  if (conn) send(state, out, conn, { op: Op.DISPATCH, e: ACK_EVENT, nonce, d: { delivered, queued } });
 }
 
 /** Holds a directed event for its app until a match appears or the TTL ends. Returns whether it was held. */

@@ -58,8 +58,13 @@ export type Input =
   /** The answer to a `verify` output: the token's claims, or why it was refused. */
   | { type: 'verified'; now: number; conn: ConnId; claims?: Claims | undefined; error?: string | undefined }
   // ── cluster mode only (state.cluster set; docs/cluster.md) ──
-  /** Messages other nodes sent (this node's inbox or the cluster bus), in the order the stream holds them. */
-  | { type: 'node'; now: number; from: string; msgs: NodeMessage[] }
+  /**
+   * Messages other nodes sent (this node's inbox or the cluster bus), in the
+   * order the stream holds them; `at` is the entry's id when it was read from
+   * the bus, where a session that moves between nodes must not miss or repeat
+   * a mode-all event (see cluster.ts, busSeen).
+   */
+  | { type: 'node'; now: number; from: string; msgs: NodeMessage[]; at?: string | undefined }
   /**
    * The link to the cluster went up or down, or the set of live nodes
    * changed (`nodes` includes this one). Going up, the core republishes its
@@ -77,10 +82,10 @@ export type Input =
 export type Output =
   /**
    * `s` is set on routed events, so a host can tell which ones its transport
-   * still holds. `durable`: a NERVE_ACK, which a clustered host sends only
-   * once what this step changed is stored in the cluster (docs/cluster.md).
+   * still holds. A clustered host writes a frame only once the cluster has
+   * stored what the step that produced it changed (docs/cluster.md).
    */
-  | { type: 'send'; conn: ConnId; data: string | Uint8Array; s?: number | undefined; durable?: true | undefined }
+  | { type: 'send'; conn: ConnId; data: string | Uint8Array; s?: number | undefined }
   | { type: 'close'; conn: ConnId; code: CloseCode; reason: string }
   /** Drop the connection now, discarding what the transport still holds (follows a close). */
   | { type: 'terminate'; conn: ConnId }

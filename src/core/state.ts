@@ -3,6 +3,7 @@
 // changes it.
 
 import type { AuthFailures, Claims } from './auth.ts';
+import type { NodeMessage } from './cluster-messages.ts';
 import type { ConnId, CoreConfig } from './io.ts';
 import type { MetadataRecord } from './metadata.ts';
 import type { Sender, Target, Wire } from './protocol.ts';
@@ -99,6 +100,14 @@ export interface Session extends SenderInfo {
   node?: string | undefined;
   /** For another node's session: whether it has an open connection there. */
   remoteConnected?: boolean | undefined;
+  /** Handed over by a node that had handled the bus up to this entry: mode-all events up to it are not delivered again. */
+  busSeen?: string | undefined;
+  /**
+   * Adopted from a node that died or was cut off, whose stored copy ended at
+   * this `s`: its client may have been sent events after it that the copy
+   * never had (written while that node was cut off from Redis).
+   */
+  adoptedSeq?: number | undefined;
 }
 
 export interface Held {
@@ -246,6 +255,12 @@ export interface PendingClaim {
   /** The node asked to hand the session over; '' while the claim itself is pending. */
   asked: string;
   attempts: number;
+  /**
+   * Events this node routed to the session meanwhile: kept here rather than
+   * sent to the old owner (which would send them back after the handoff,
+   * behind later ones), and delivered once the claim settles.
+   */
+  waiting: Routed[];
 }
 
 export interface ClusterState {
@@ -261,6 +276,11 @@ export interface ClusterState {
   /** Node messages sent and read, for metrics. */
   relayed: number;
   received: number;
+  /** The last bus entry handled, and the mode-all events of the most recent entries (see cluster.ts, catchUp). */
+  busAt: string;
+  recentAll: { at: string; msg: Routed }[];
+  /** NERVE_UNDELIVERABLE reports for senders on other nodes, kept while the link is down. */
+  owedReports: NodeMessage[];
 }
 
 export function createState(config: CoreConfig): State {
@@ -283,7 +303,7 @@ export function createState(config: CoreConfig): State {
     authFailures: new Map(),
     draining: false,
     ...(config.cluster
-      ? { cluster: { self: config.worker, linked: false, nodes: new Set([config.worker]), claiming: new Map(), changed: new Map(), relayed: 0, received: 0 } }
+      ? { cluster: { self: config.worker, linked: false, nodes: new Set([config.worker]), claiming: new Map(), changed: new Map(), relayed: 0, received: 0, busAt: '0-0', recentAll: [], owedReports: [] } }
       : {}),
     counters: { framesIn: 0, framesOut: 0, dispatches: 0, deliveries: 0, queued: 0, undeliverable: 0, errors: {}, refused: {}, slowConsumers: 0 },
   };

@@ -62,7 +62,7 @@ import {
   type State,
 } from './state.ts';
 import { closeConn, createRouted, fail, send, sendHeartbeatAck, sendRouted } from './wire.ts';
-import { adopt, claimed, claimSession, handleNodeMessages, linkChanged, noteChanged, noteEnded, publishChanges } from './cluster.ts';
+import { abandonClaim, adopt, claimed, claimSession, handleNodeMessages, linkChanged, noteChanged, noteEnded, publishChanges, renumberAfter } from './cluster.ts';
 
 const HTTP_SENDER = { from: { app_name: HTTP_SENDER_APP }, fromJson: JSON.stringify({ app_name: HTTP_SENDER_APP }) };
 
@@ -136,10 +136,10 @@ export function step(state: State, input: Input): [State, Output[]] {
       verified(state, out, input.conn, input.claims, input.error, input.now);
       break;
     case 'node':
-      if (state.cluster) handleNodeMessages(state, out, input.from, input.msgs, input.now);
+      if (state.cluster) handleNodeMessages(state, out, input.from, input.msgs, input.now, input.at);
       break;
     case 'link':
-      if (state.cluster) linkChanged(state, out, input.up, input.nodes);
+      if (state.cluster) linkChanged(state, out, input.up, input.nodes, input.now);
       break;
     case 'claimed':
       if (state.cluster) claimed(state, out, input.key, input.owner, input.now);
@@ -297,7 +297,7 @@ function transportClosed(state: State, out: Output[], id: ConnId, code: number |
   const conn = state.conns.get(id);
   if (!conn) return;
   state.conns.delete(id);
-  if (conn.claimKey !== undefined && state.cluster?.claiming.get(conn.claimKey)?.conn === conn) state.cluster.claiming.delete(conn.claimKey);
+  if (conn.claimKey !== undefined && state.cluster) abandonClaim(state, out, conn, now);
   const session = conn.session;
   if (!conn.closing) {
     state.liveConns--;
@@ -459,13 +459,7 @@ function admit(state: State, out: Output[], conn: Conn, d: Identify, claims: Cla
   // Claimed for this node while the replica still named the old owner: that entry goes.
   if (found?.node !== undefined) dropLocalSession(state, found);
   const existing = found?.node === undefined ? found : undefined;
-  if (cluster && existing && d.reconnect === true && d.seq !== undefined && d.seq > existing.seq) {
-    // Events the old owner wrote but had not stored when it died or was cut
-    // off: the client has them, so numbering goes on after them.
-    existing.seq = d.seq;
-    clearReplay(state, existing);
-    existing.writtenUpTo = d.seq;
-  }
+  if (existing?.adoptedSeq !== undefined && d.reconnect === true && d.seq !== undefined && d.seq > existing.seq) renumberAfter(state, existing, d.seq);
   if (existing?.conn && !d.reconnect) {
     return reject(state, out, conn, Close.CONFLICT, `IDENTIFY: ${d.app_name}/${d.client_id} is already connected`, now);
   }
@@ -534,8 +528,15 @@ function admit(state: State, out: Output[], conn: Conn, d: Identify, claims: Cla
 function replay(state: State, out: Output[], conn: Conn, session: Session, seq: number | undefined): void {
   const after = seq ?? 0;
   const replay = session.replay;
-  for (let i = Math.max(0, after - session.replayFirst + 1); i < replay.length; i++) {
+  const from = Math.max(0, after - session.replayFirst + 1);
+  for (let i = from; i < replay.length; i++) {
     sendRouted(state, out, conn, replay.at(i), session.replayFirst + i);
+  }
+  // Replayed events wait in the host like any written since its last flush:
+  // if the connection drops before that flush, they are owed again.
+  if (from < replay.length && conn.writtenInFlush !== state.flushes) {
+    conn.writtenInFlush = state.flushes;
+    conn.firstSinceFlush = session.replayFirst + from;
   }
   // What the client says it processed counts as written too.
   session.writtenUpTo = session.seq;
@@ -757,9 +758,9 @@ function drainNode(state: State, out: Output[], now: number): void {
     if (conn.closing) continue;
     send(state, out, conn, { op: Op.GO_AWAY, d: GO_AWAY_TEXT });
     closeConn(state, out, conn, Close.GOING_AWAY, GO_AWAY_TEXT);
+    // What it was written goes out ahead of GO_AWAY, as on one node.
     const session = conn.session;
     if (session) {
-      forgetUnflushed(state, conn, session);
       detach(state, conn, session);
       keepResumable(state, out, session, now);
     }

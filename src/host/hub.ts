@@ -4,8 +4,7 @@
 // flush, tells the core what each transport still holds, and keeps exactly one
 // timer armed at the core's next deadline. Adapters only translate events into
 // these calls. In a cluster it hands relays and claims to the link, and holds
-// each NERVE_ACK (with what follows it on that socket) until the link has
-// stored what the step changed.
+// every frame until the link has stored what the step that wrote it changed.
 
 import { createState, nextDeadline, step, type State } from '../core/index.ts';
 import { utf8Length } from '../core/codec.ts';
@@ -460,9 +459,12 @@ export class Hub {
           peer.queued = true;
           this.toFlush.push(peer);
         }
-        if (output.durable) {
-          const generation = this.cluster?.barrier();
-          if (generation !== undefined) {
+        // A clustered node writes to its sockets only what the cluster has
+        // stored: a client never holds an event that a crash of this node
+        // would make the adopting node number or deliver differently.
+        if (this.cluster) {
+          const generation = this.cluster.barrier();
+          if (generation !== undefined && peer.gates.at(-1)?.generation !== generation) {
             peer.gates.push({ at: peer.dequeued + peer.frames.length, generation });
             this.gated.add(peer);
           }

@@ -7,9 +7,9 @@
 //   turn becomes one entry per destination;
 // - the owners hash, with the compare-and-set of the `claim` output;
 // - per-node storage (the core's Persister writing into a MemoryStorage), written
-//   together with the stream cursors at the end of each turn; a NERVE_ACK
-//   (`durable`) reaches its client only after that write, and every later
-//   frame to the same connection waits behind it, as a host must keep order;
+//   together with the stream cursors at the end of each turn; a linked
+//   node's frames reach their clients only after that write (a clustered
+//   host writes to its sockets only what is stored);
 // - while a node's link is down it reads nothing and stores nothing, its
 //   ACKs go out at once (there is no storage to wait for), and replies to
 //   its claims that were on their way are lost;
@@ -55,6 +55,8 @@ interface Turn {
   waiting: Map<number, Delivery[]>;
   /** Nodes adopted in this turn: reaped only once it is stored. */
   adopted: string[];
+  /** Frames were written in this turn: the host reports `flushed` once they have left it. */
+  wrote: boolean;
 }
 
 export class ClusterNode {
@@ -98,7 +100,7 @@ export class ClusterNode {
 }
 
 export class Connection {
-  closed: { code: number; reason: string; dropped: boolean } | undefined;
+  closed: { code: number; reason: string; dropped: boolean; byClient?: boolean } | undefined;
   welcomed = false;
   /** Its IDENTIFY asked to resume: a WELCOME without NERVE_SESSION then does not mean a new session. */
   asksToResume = false;
@@ -132,6 +134,8 @@ export class Cluster {
   /** The owners hash: session key → owning node. */
   readonly owners = new Map<string, string>();
   readonly conns = new Map<number, Connection>();
+  /** The data of events that reached a node their recipient had moved away from (sent on from there, or read by its adopter). */
+  readonly rerouted = new Set<string>();
   /** Turns that ended in a crash: their frames reached clients, their changes never reached storage. */
   readonly lostTurns = new Set<number>();
   /** Anything a faithful core must never do: throw, log an error, relay or claim while unlinked. */
@@ -218,10 +222,16 @@ export class Cluster {
       }
     }
     for (const [conn, deliveries] of turn.waiting) for (const delivery of deliveries) this.hand(conn, delivery, turn.id);
+    // A batching host says when what it queued has left it: until then, a
+    // connection that closes counts those frames as never written.
+    if (turn.wrote && node.alive) {
+      this.run(node, { type: 'flushed', now: this.now });
+      if (!node.holding) this.endTurn(id);
+    }
   }
 
   private run(node: ClusterNode, input: Input): void {
-    node.turn ??= { id: this.nextTurn++, relays: new Map(), claims: [], waiting: new Map(), adopted: [] };
+    node.turn ??= { id: this.nextTurn++, relays: new Map(), claims: [], waiting: new Map(), adopted: [], wrote: false };
     let outputs: Output[];
     try {
       [node.state, outputs] = step(node.state, input);
@@ -239,12 +249,12 @@ export class Cluster {
     switch (output.type) {
       case 'send': {
         const text = typeof output.data === 'string' ? output.data : new TextDecoder().decode(output.data);
-        // While the link is down there is no storage to wait for (docs/cluster.md, Faults).
-        this.deliver(turn, output.conn, { frame: JSON.parse(text) as Frame }, output.durable === true && node.linked);
+        // A linked node writes to its sockets only what its storage write holds; while the link is down there is none to wait for.
+        this.deliver(turn, output.conn, { frame: JSON.parse(text) as Frame }, node.linked);
         return;
       }
       case 'close':
-        this.deliver(turn, output.conn, { close: output.code, reason: output.reason }, false);
+        this.deliver(turn, output.conn, { close: output.code, reason: output.reason }, node.linked);
         closes.push({ conn: output.conn, code: output.code });
         return;
       case 'log':
@@ -257,6 +267,8 @@ export class Cluster {
           return;
         }
         pushTo(turn.relays, output.to === undefined ? BUS : inboxOf(output.to), output.msg);
+        // Sent on by a node its recipient had left: the one case where one sender's order may break (docs/cluster.md).
+        if (output.msg.t === 'event' && output.msg.hops > 0) this.rerouted.add(JSON.stringify(output.msg.msg.d));
         return;
       case 'claim':
         if (!node.linked) {
@@ -274,10 +286,11 @@ export class Cluster {
     }
   }
 
-  private deliver(turn: Turn, conn: number, delivery: Delivery, durable: boolean): void {
+  private deliver(turn: Turn, conn: number, delivery: Delivery, afterWrite: boolean): void {
+    turn.wrote = true;
     const waiting = turn.waiting.get(conn);
     if (waiting) waiting.push(delivery);
-    else if (durable) turn.waiting.set(conn, [delivery]);
+    else if (afterWrite) turn.waiting.set(conn, [delivery]);
     else this.hand(conn, delivery, turn.id);
   }
 
@@ -286,7 +299,8 @@ export class Cluster {
     const conn = this.conns.get(id);
     if (!conn) return;
     if (!conn.open) {
-      if (!conn.closed!.dropped) this.violations.push(`${conn.node} wrote to connection ${id} after it closed: ${JSON.stringify(delivery)}`);
+      // Frames waiting for a storage write when the client went away are lost with its socket, as on a real one.
+      if (!conn.closed!.dropped && !conn.closed!.byClient) this.violations.push(`${conn.node} wrote to connection ${id} after it closed: ${JSON.stringify(delivery)}`);
       return;
     }
     conn.deliveries.push(delivery);
@@ -294,11 +308,23 @@ export class Cluster {
     conn.listener?.(conn, delivery, turn);
   }
 
+  /**
+   * The link's claim of a dead node's session: a session another dead node
+   * holds (an adopter that died before storing it) is claimed from that node too.
+   */
+  private claimFrom(app: string, client: string, adopter: string, dead: string): string | undefined {
+    const owner = this.compareAndSet(app, client, adopter, dead);
+    if (owner === undefined || this.node(owner).alive) return owner;
+    return this.compareAndSet(app, client, adopter, owner);
+  }
+
   private compareAndSet(app: string, client: string, node: string, expected: string): string | undefined {
     const key = sessionKeyOf(app, client);
     const owner = this.owners.get(key);
     if (owner === undefined || owner === expected || owner === node) {
-      this.owners.set(key, node);
+      // Claiming for no node frees the identity, as the link deletes the owner field.
+      if (node === '') this.owners.delete(key);
+      else this.owners.set(key, node);
       return undefined;
     }
     return owner;
@@ -322,7 +348,7 @@ export class Cluster {
   /** The client closes (1000/1001: goodbye) or its socket drops (1006). */
   close(conn: Connection, code: number): void {
     if (!conn.open) return;
-    conn.closed = { code, reason: 'closed by the client', dropped: code === 1006 };
+    conn.closed = { code, reason: 'closed by the client', dropped: code === 1006, byClient: true };
     this.input(conn.node, { type: 'close', now: this.now, conn: conn.id, code });
   }
 
@@ -354,7 +380,12 @@ export class Cluster {
     const entry = at === undefined ? undefined : this.stream(name)[at];
     if (!entry) return false;
     node.cursors.set(name, at! + 1);
-    this.input(id, { type: 'node', now: this.now, from: entry.from, msgs: entry.msgs });
+    // A dead node's inbox read by its adopter: its events were on their way to a node their recipient has left.
+    if (name !== BUS && name !== inboxOf(id)) {
+      for (const msg of entry.msgs) if (msg.t === 'event') this.rerouted.add(JSON.stringify(msg.msg.d));
+    }
+    // Bus entries carry their position, as the link passes Redis stream ids.
+    this.input(id, { type: 'node', now: this.now, from: entry.from, msgs: entry.msgs, ...(name === BUS ? { at: `${at! + 1}-0` } : {}) });
     return true;
   }
 
@@ -516,7 +547,7 @@ export class Cluster {
     while (this.answer(adopter));
     while (this.read(adopter, BUS));
     const stored = gone.storage.load();
-    const sessions = stored.sessions.filter((record) => this.compareAndSet(record.app, record.id, adopter, dead) === undefined);
+    const sessions = stored.sessions.filter((record) => this.claimFrom(record.app, record.id, adopter, dead) === undefined);
     const ords = new Set(sessions.map((record) => record.ord));
     const claimed: Stored = { ...stored, sessions, replay: stored.replay.filter((row) => ords.has(row.ord)) };
     const inbox: NodeMessage[] = [];
@@ -524,6 +555,7 @@ export class Cluster {
     for (const name of inboxes) {
       const entries = this.stream(name);
       for (const entry of entries.slice(gone.storedCursors.get(name) ?? 0)) inbox.push(...entry.msgs);
+      for (const msg of inbox) if (msg.t === 'event') this.rerouted.add(JSON.stringify(msg.msg.d));
       node.cursors.set(name, entries.length);
     }
     const bus = this.stream(BUS)
@@ -591,6 +623,8 @@ export class Client {
   readonly key: string;
   /** The newest connection. */
   conn: Connection | undefined;
+  /** Every connection it opened; one it moved away from may still be open. */
+  readonly opened: Connection[] = [];
   lastSeq = 0;
   epoch = 0;
   /** Events processed, first time each. */
@@ -631,6 +665,7 @@ export class Client {
     if (options.seq !== undefined) d.seq = options.seq === 'last' ? this.lastSeq : options.seq;
     conn.asksToResume = options.reconnect === true;
     this.conn = conn;
+    this.opened.push(conn);
     if (conn.open) this.cluster.send(conn, { op: 1, d });
     return conn;
   }
