@@ -149,15 +149,11 @@ class Peer {
   gates: Gate[] = [];
   /** Frames ever taken off the front of `frames` (written or dropped): where a gate's `at` is counted from. */
   dequeued = 0;
-  /** A close the core asked for while frames still waited behind a gate. */
-  pendingClose: { code: CloseCodeNumber; reason: string } | undefined;
   constructor(
     readonly conn: ConnId,
     readonly socket: HubSocket,
   ) {}
 }
-
-type CloseCodeNumber = Extract<Output, { type: 'close' }>['code'];
 
 /** WebSocket header bytes in front of a payload (RFC 6455 §5.2; server frames are unmasked). */
 function wireSize(frame: string | Uint8Array): number {
@@ -318,7 +314,6 @@ export class Hub {
 
   /** Cluster writes up to `generation` are done (Infinity: stop waiting for any): what waited for them goes out. */
   stored(generation: number): void {
-    const closes: { peer: Peer; code: CloseCodeNumber; reason: string }[] = [];
     for (const peer of this.gated) {
       if (peer.closed) {
         this.gated.delete(peer);
@@ -328,13 +323,7 @@ export class Hub {
       while (passed < peer.gates.length && peer.gates[passed]!.generation <= generation) passed++;
       if (passed === 0) continue;
       peer.gates = passed === peer.gates.length ? [] : peer.gates.slice(passed);
-      if (peer.gates.length === 0) {
-        this.gated.delete(peer);
-        if (peer.pendingClose) {
-          closes.push({ peer, ...peer.pendingClose });
-          peer.pendingClose = undefined;
-        }
-      }
+      if (peer.gates.length === 0) this.gated.delete(peer);
       if (!peer.queued && this.writable(peer) > 0) {
         peer.queued = true;
         this.toFlush.push(peer);
@@ -348,7 +337,6 @@ export class Hub {
         else this.storeWaiters.push(waiter);
       }
     }
-    for (const { peer, code, reason } of closes) if (this.peers.get(peer.conn) === peer) this.execute({ type: 'close', conn: peer.conn, code, reason });
     if (this.toFlush.length > 0 && !this.flushing) this.requestFlush();
   }
 
@@ -476,11 +464,9 @@ export class Hub {
       case 'close': {
         const peer = this.peers.get(output.conn);
         if (!peer) return;
-        // A NERVE_ACK waiting for the cluster write leaves before the close frame, so the close waits too.
-        if (peer.gates.length > 0) {
-          peer.pendingClose = { code: output.code, reason: output.reason };
-          return;
-        }
+        // A close does not wait for the cluster write: the runtime may be closing
+        // the socket itself (a frame it refused), and the reason must get there
+        // first. What waited goes out ahead of it, stored or not (docs/cluster.md).
         // NO_U_TBH (or GO_AWAY) was queued just before; it leaves ahead of the close frame.
         this.write(peer, true);
         if (peer.socket.dropsUnsentOnClose && peer.socket.buffered() > 0) {
@@ -566,7 +552,6 @@ export class Hub {
   private terminate(peer: Peer): void {
     peer.terminated = true;
     this.dropQueued(peer);
-    peer.pendingClose = undefined;
     this.guard(peer, 'terminate', () => peer.socket.terminate());
   }
 
