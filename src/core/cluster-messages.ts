@@ -33,7 +33,7 @@ export type NodeMessage =
   /** Inbox: a held event handed over by a node that is leaving; `exp` is when its TTL ends. */
   | { t: 'hold'; msg: RoutedRecord; exp: number }
   /** Inbox: NERVE_UNDELIVERABLE for the sender session `to`. */
-  | { t: 'undeliverable'; to: string; e: string; reason: string; nonce?: string | undefined }
+  | { t: 'undeliverable'; to: string; e: string; reason: string; nonce?: string | undefined; forwarded?: true }
   /** Inbox: `node` has a client identifying as session `key` and asks the owner to hand it over. */
   | { t: 'release'; key: string; node: string; reconnect: boolean }
   /**

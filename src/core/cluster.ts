@@ -72,29 +72,16 @@ export function canHandTo(state: State, session: Session): boolean {
 /** Hands an event to the node that owns `session`; that node now owes it to the session. */
 export function relayEvent(state: State, out: Output[], session: Session, msg: Routed): void {
   state.counters.deliveries++;
-  const pending = state.cluster!.claiming.get(session.key);
-  if (pending) pending.waiting.push(msg);
-  else relay(state.cluster!, out, session.node, { t: 'event', to: session.key, msg: routedRecord(msg), hops: msg.hops ?? 0 });
-}
-
-/** A claim settled (or was given up): what waited for it goes to the session, here or wherever it is now. */
-function settleWaiting(state: State, out: Output[], pending: PendingClaim, now: number): void {
-  const key = sessionKey(pending.identify.app_name, pending.identify.client_id);
-  for (const msg of pending.waiting.splice(0)) {
-    const session = state.sessions.get(key);
-    if (session && session.node === undefined) deliver(state, out, session, msg);
-    else reroute(state, out, msg, now);
-  }
+  // Even while this node waits for the session to be handed over here: an
+  // event kept aside in memory would be lost if this node died meanwhile.
+  relay(state.cluster!, out, session.node, { t: 'event', to: session.key, msg: routedRecord(msg), hops: msg.hops ?? 0 });
 }
 
 /** The connection of a waiting IDENTIFY closed: the claim goes on without it (a handoff still lands here). */
-export function abandonClaim(state: State, out: Output[], conn: Conn, now: number): void {
+export function abandonClaim(state: State, conn: Conn): void {
   const cluster = state.cluster!;
   const key = conn.claimKey!;
-  const pending = cluster.claiming.get(key);
-  if (pending?.conn !== conn) return;
-  cluster.claiming.delete(key);
-  settleWaiting(state, out, pending, now);
+  if (cluster.claiming.get(key)?.conn === conn) cluster.claiming.delete(key);
 }
 
 /** Mode all while linked: every node (this one too) delivers it from the bus, so all recipients see one order. */
@@ -167,8 +154,13 @@ function upsertRemote(state: State, out: Output[], entry: RegistryEntry, now: nu
   let session = state.sessions.get(key);
   if (session && session.node === undefined) {
     // Ours by our claim; the other node's entry is stale (it is about to be
-    // fenced): say again that it is ours, so no replica keeps the stale one.
-    noteChanged(state, session);
+    // fenced): say again that it is ours, so no replica keeps the stale one —
+    // once, so two nodes that both still hold it do not answer each other forever.
+    const cluster = state.cluster!;
+    if (!cluster.contested.has(key)) {
+      cluster.contested.add(key);
+      noteChanged(state, session);
+    }
     return;
   }
   const metadata = emptyMetadata();
@@ -215,7 +207,7 @@ export function claimSession(state: State, out: Output[], conn: Conn, d: Identif
   if (cluster.claiming.has(key)) {
     return reject(state, out, conn, Close.CONFLICT, `IDENTIFY: another IDENTIFY for ${d.app_name}/${d.client_id} is in progress`, now);
   }
-  const pending: PendingClaim = { conn, identify: d, claims, asked: '', attempts: 0, waiting: [] };
+  const pending: PendingClaim = { conn, identify: d, claims, asked: '', attempts: 0 };
   cluster.claiming.set(key, pending);
   conn.claimKey = key;
   if (existing?.node !== undefined) askOwner(state, out, key, pending, existing.node, now);
@@ -236,7 +228,6 @@ function giveUp(state: State, out: Output[], key: string, reason: string, now: n
   if (!pending) return;
   state.cluster!.claiming.delete(key);
   pending.conn.claimKey = undefined;
-  settleWaiting(state, out, pending, now);
   if (isWaiting(state, pending.conn)) reject(state, out, pending.conn, Close.AT_CAPACITY, `IDENTIFY: ${reason}`, now);
 }
 
@@ -251,7 +242,6 @@ function proceed(state: State, out: Output[], key: string, now: number): void {
   if (!pending) return;
   cluster.claiming.delete(key);
   pending.conn.claimKey = undefined;
-  settleWaiting(state, out, pending, now);
   if (isWaiting(state, pending.conn)) admitOwned(state, out, pending.conn, pending.identify, pending.claims, now);
 }
 
@@ -386,8 +376,7 @@ function handoff(state: State, out: Output[], from: string, msg: Extract<NodeMes
   if (msg.refused !== undefined) {
     cluster.claiming.delete(key);
     pending.conn.claimKey = undefined;
-    settleWaiting(state, out, pending, now);
-    const d = pending.identify;
+      const d = pending.identify;
     if (isWaiting(state, pending.conn)) reject(state, out, pending.conn, Close.CONFLICT, `IDENTIFY: ${d.app_name}/${d.client_id} is already connected`, now);
     return;
   }
@@ -448,7 +437,8 @@ function handle(state: State, out: Output[], from: string, msg: NodeMessage, now
       const sender = state.sessions.get(msg.to);
       if (!sender) return;
       if (sender.node !== undefined) {
-        if (sender.node !== from) relay(cluster, out, sender.node, msg);
+        // The sender moved on: the report follows it once, never round in circles.
+        if (sender.node !== from && msg.forwarded !== true) relay(cluster, out, sender.node, { ...msg, forwarded: true });
         return;
       }
       if (!sender.conn) return;
@@ -520,6 +510,7 @@ export function linkChanged(state: State, out: Output[], up: boolean, nodes: str
     if (sender?.node !== undefined) relay(cluster, out, sender.node, report);
   }
   if (!wasLinked) {
+    cluster.contested.clear();
     // Everyone may have missed what this node did meanwhile (or Redis forgot it): say it all again.
     relay(cluster, out, undefined, { t: 'reset', node: cluster.self });
     for (const session of state.sessions.values()) {

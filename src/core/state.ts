@@ -255,12 +255,6 @@ export interface PendingClaim {
   /** The node asked to hand the session over; '' while the claim itself is pending. */
   asked: string;
   attempts: number;
-  /**
-   * Events this node routed to the session meanwhile: kept here rather than
-   * sent to the old owner (which would send them back after the handoff,
-   * behind later ones), and delivered once the claim settles.
-   */
-  waiting: Routed[];
 }
 
 export interface ClusterState {
@@ -281,6 +275,8 @@ export interface ClusterState {
   recentAll: { at: string; msg: Routed }[];
   /** NERVE_UNDELIVERABLE reports for senders on other nodes, kept while the link is down. */
   owedReports: NodeMessage[];
+  /** Sessions of this node another node published as its own since the link last came up: republished once. */
+  contested: Set<string>;
 }
 
 export function createState(config: CoreConfig): State {
@@ -303,7 +299,7 @@ export function createState(config: CoreConfig): State {
     authFailures: new Map(),
     draining: false,
     ...(config.cluster
-      ? { cluster: { self: config.worker, linked: false, nodes: new Set([config.worker]), claiming: new Map(), changed: new Map(), relayed: 0, received: 0, busAt: '0-0', recentAll: [], owedReports: [] } }
+      ? { cluster: { self: config.worker, linked: false, nodes: new Set([config.worker]), claiming: new Map(), changed: new Map(), relayed: 0, received: 0, busAt: '0-0', recentAll: [], owedReports: [], contested: new Set() } }
       : {}),
     counters: { framesIn: 0, framesOut: 0, dispatches: 0, deliveries: 0, queued: 0, undeliverable: 0, errors: {}, refused: {}, slowConsumers: 0 },
   };

@@ -297,7 +297,7 @@ function transportClosed(state: State, out: Output[], id: ConnId, code: number |
   const conn = state.conns.get(id);
   if (!conn) return;
   state.conns.delete(id);
-  if (conn.claimKey !== undefined && state.cluster) abandonClaim(state, out, conn, now);
+  if (conn.claimKey !== undefined && state.cluster) abandonClaim(state, conn);
   const session = conn.session;
   if (!conn.closing) {
     state.liveConns--;
