@@ -13,6 +13,10 @@ const root = resolve(import.meta.dirname, '..');
 const dir = mkdtempSync(join(tmpdir(), 'nerve-bench-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+function hasRedisServer(): boolean {
+  return spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).status === 0;
+}
+
 describe('bench --smoke (node)', () => {
   it('every server it benchmarks has its entry file', () => {
     for (const [kind, byRuntime] of Object.entries(ENTRIES)) {
@@ -36,6 +40,18 @@ describe('bench --smoke (node)', () => {
         expect(s, `${server} ${scenario}: no row`).toBeDefined();
         expect(s.failed, `${server} ${scenario}: ${s.errors.join('; ')}`).toBe(0);
         expect(s.rate, `${server} ${scenario}`).toBeGreaterThan(0);
+      }
+    }
+    // Two nodes and Redis against one node; without redis-server (not in CI) the bench says so and skips them.
+    if (hasRedisServer() || process.env.CI === 'true') {
+      for (const scenario of ['cluster-pairs', 'cluster-fanout']) {
+        for (const server of ['one-node', 'cluster']) {
+          const s = res.summaries.find((x: any) => x.runtime === 'node' && x.scenario === scenario && x.server === server);
+          expect(s, `${server} ${scenario}: no row`).toBeDefined();
+          expect(s.failed, `${server} ${scenario}: ${s.errors.join('; ')}`).toBe(0);
+          expect(s.rate, `${server} ${scenario}`).toBeGreaterThan(0);
+          if (server === 'cluster') expect(s.redisPerDelivery, `${scenario}: Redis commands per delivery`).toBeGreaterThan(0);
+        }
       }
     }
     const core = res.core.node;

@@ -7,7 +7,7 @@
 
 import type { Claims } from './auth.ts';
 import type { NodeMessage, RegistryEntry } from './cluster-messages.ts';
-import { clearReplay, deliver, deliverHeld, forgetUnflushed, insertHeld, matches, reroute, undeliverable } from './delivery.ts';
+import { clearReplay, deliver, deliverHeld, forgetUnflushed, hold, insertHeld, matches, reroute, routedFromText, undeliverable } from './delivery.ts';
 import type { Output } from './io.ts';
 import { emptyMetadata, mergeMetadata } from './metadata.ts';
 import { replayRecords, routedFrom, routedRecord, sessionFromRecord, type ReplayRecord, type SessionRecord, type Stored } from './persist.ts';
@@ -331,7 +331,12 @@ function importSession(state: State, out: Output[], record: SessionRecord, rows:
   const key = sessionKey(record.app, record.id);
   const existing = state.sessions.get(key);
   if (existing) {
-    if (existing.node === undefined) return existing;
+    if (existing.node === undefined) {
+      // A newer session of the same identity started here meanwhile: the old
+      // one ends unresumed, and gives back what it was owed, as any would.
+      requeueOwed(state, out, existing, record, rows, now);
+      return existing;
+    }
     removeRemote(state, existing);
   }
   const sorted = [...rows].sort((a, b) => a.s - b.s);
@@ -345,6 +350,16 @@ function importSession(state: State, out: Output[], record: SessionRecord, rows:
   keepResumable(state, out, session, Math.max(now, record.exp - state.config.resumeWindow));
   noteChanged(state, session);
   return session;
+}
+
+/** The directed events a superseded session record was handed but never written: held again for its app. */
+function requeueOwed(state: State, out: Output[], current: Session, record: SessionRecord, rows: ReplayRecord[], now: number): void {
+  for (const row of [...rows].sort((a, b) => a.s - b.s)) {
+    if (row.s <= record.wr) continue;
+    const msg = row.msg ? routedFrom(row.msg, state.config) : routedFromText(current, row.text!);
+    if (msg.directed) hold(state, out, msg, now);
+  }
+  if (current.conn !== null) deliverHeld(state, out, current);
 }
 
 /**

@@ -169,7 +169,7 @@ function owedEvent(session: Session, entry: ReplayEntry): Routed | undefined {
  * events sent to this session's client_id, so the target is the session; the
  * sender is whoever `from` names.
  */
-function routedFromText(session: Session, text: string): Routed {
+export function routedFromText(session: Pick<Session, 'app' | 'clientId'>, text: string): Routed {
   const frame = JSON.parse(text) as { e: string; d: unknown; from: { app_name: string; client_id?: string }; nonce?: string };
   const from = frame.from;
   const sender = {
