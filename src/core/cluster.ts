@@ -10,7 +10,7 @@ import type { NodeMessage, RegistryEntry } from './cluster-messages.ts';
 import { clearReplay, deliver, deliverHeld, forgetUnflushed, hold, insertHeld, matches, reroute, routedFromText, undeliverable } from './delivery.ts';
 import type { Output } from './io.ts';
 import { emptyMetadata, mergeMetadata } from './metadata.ts';
-import { replayRecords, routedFrom, routedRecord, sessionFromRecord, type ReplayRecord, type SessionRecord, type Stored } from './persist.ts';
+import { relayedRecord, replayRecords, routedFrom, sessionFromRecord, type ReplayRecord, type SessionRecord, type Stored } from './persist.ts';
 import { Close, Op, TAKEN_OVER_TEXT } from './protocol.ts';
 import {
   forgetAppIfEmpty,
@@ -74,7 +74,7 @@ export function relayEvent(state: State, out: Output[], session: Session, msg: R
   state.counters.deliveries++;
   // Even while this node waits for the session to be handed over here: an
   // event kept aside in memory would be lost if this node died meanwhile.
-  relay(state.cluster!, out, session.node, { t: 'event', to: session.key, msg: routedRecord(msg), hops: msg.hops ?? 0 });
+  relay(state.cluster!, out, session.node, { t: 'event', to: session.key, msg: relayedRecord(msg), hops: msg.hops ?? 0 });
 }
 
 /** The connection of a waiting IDENTIFY closed: the claim goes on without it (a handoff still lands here). */
@@ -86,7 +86,7 @@ export function abandonClaim(state: State, conn: Conn): void {
 
 /** Mode all while linked: every node (this one too) delivers it from the bus, so all recipients see one order. */
 export function relayAll(state: State, out: Output[], msg: Routed): void {
-  relay(state.cluster!, out, undefined, { t: 'all', msg: routedRecord(msg) });
+  relay(state.cluster!, out, undefined, { t: 'all', msg: relayedRecord(msg) });
 }
 
 /** Reports kept while the link is down, at most; older ones are dropped first (and counted in the log). */

@@ -24,7 +24,7 @@ import {
   type State,
 } from './state.ts';
 import { connDeadline } from './step.ts';
-import { createRouted, routedFrame } from './wire.ts';
+import { createRouted, routedFrame, routedFromHead } from './wire.ts';
 
 /** One connection, small enough for a socket attachment (a few hundred bytes at most). */
 export interface ConnRecord {
@@ -48,7 +48,9 @@ export interface ConnRecord {
 
 export interface RoutedRecord {
   e: string;
-  d: unknown;
+  /** The event's data; absent when `h`, its encoded frame head, travels instead (between nodes of a cluster). */
+  d?: unknown;
+  h?: string;
   from: Sender;
   sk?: string;
   n?: string;
@@ -154,9 +156,18 @@ export function routedRecord(msg: Routed): RoutedRecord {
   return record;
 }
 
+/** The record another node of a cluster is sent: the frame head as encoded here, not the data to encode again. */
+export function relayedRecord(msg: Routed): RoutedRecord {
+  const record: RoutedRecord = { e: msg.e, h: msg.jsonHead, from: msg.from, to: msg.target };
+  if (msg.senderKey !== undefined) record.sk = msg.senderKey;
+  if (msg.nonce !== undefined) record.n = msg.nonce;
+  return record;
+}
+
 export function routedFrom(record: RoutedRecord, config: CoreConfig): Routed {
   // The query compiled when the event was accepted, so it compiles again.
   const test = record.to.query === undefined ? undefined : compileQuery(record.to.query, config);
+  if (record.h !== undefined) return routedFromHead(record.e, record.h, { from: record.from, key: record.sk }, record.n, record.to, test);
   const sender = { from: record.from, fromJson: JSON.stringify(record.from), key: record.sk };
   const msg = createRouted(record.e, record.d, sender, record.n, record.to, test);
   msg.d = undefined;

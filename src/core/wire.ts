@@ -80,11 +80,22 @@ export function createRouted(
   const head =
     `{"op":8,"e":${JSON.stringify(e)},"d":${JSON.stringify(d) ?? 'null'},"from":${sender.fromJson}` +
     (nonce === undefined ? '' : `,"nonce":${JSON.stringify(nonce)}`);
+  const msg = routedFromHead(e, head, sender, nonce, target, test);
+  msg.d = d;
+  return msg;
+}
+
+/**
+ * An event whose frame head is already encoded (relayed by another node of a
+ * cluster): nothing is encoded again; `d` is read back from the head only if
+ * a msgpack recipient needs it.
+ */
+export function routedFromHead(e: string, head: string, sender: Pick<SenderInfo, 'from' | 'key'>, nonce: string | undefined, target: Target, test: MetadataTest | undefined): Routed {
   const directed = target.client_id !== undefined || target.mode !== 'all';
   // 16 bytes cover `,"s":N}` for any s; a query is kept twice over, as the
   // decoded target and as the compiled test.
   const queryBytes = target.query === undefined ? 0 : 2 * JSON.stringify(target.query).length;
-  return { e, d, from: sender.from, senderKey: sender.key, nonce, target, test, directed, jsonHead: head, bytes: head.length + 16 + queryBytes };
+  return { e, d: undefined, from: sender.from, senderKey: sender.key, nonce, target, test, directed, jsonHead: head, bytes: head.length + 16 + queryBytes };
 }
 
 /** `s` as a msgpack uint, appended after the key "s". */

@@ -24,7 +24,7 @@
 
 import { createState, DEFAULT_LIMITS, listClients, nextDeadline, step, type ClientInfo, type Input, type Limits, type Output, type State } from '../../src/core/index.ts';
 import type { NodeMessage } from '../../src/core/cluster-messages.ts';
-import { Persister, type Stored } from '../../src/core/persist.ts';
+import { Persister, type RoutedRecord, type Stored } from '../../src/core/persist.ts';
 import { MemoryStorage } from '../../src/host/storage.ts';
 import { JSON_WIRE } from './harness.ts';
 
@@ -268,7 +268,7 @@ export class Cluster {
         }
         pushTo(turn.relays, output.to === undefined ? BUS : inboxOf(output.to), output.msg);
         // Sent on by a node its recipient had left: the one case where one sender's order may break (docs/cluster.md).
-        if (output.msg.t === 'event' && output.msg.hops > 0) this.rerouted.add(JSON.stringify(output.msg.msg.d));
+        if (output.msg.t === 'event' && output.msg.hops > 0) this.rerouted.add(JSON.stringify(eventData(output.msg.msg)));
         return;
       case 'claim':
         if (!node.linked) {
@@ -382,7 +382,7 @@ export class Cluster {
     node.cursors.set(name, at! + 1);
     // A dead node's inbox read by its adopter: its events were on their way to a node their recipient has left.
     if (name !== BUS && name !== inboxOf(id)) {
-      for (const msg of entry.msgs) if (msg.t === 'event') this.rerouted.add(JSON.stringify(msg.msg.d));
+      for (const msg of entry.msgs) if (msg.t === 'event') this.rerouted.add(JSON.stringify(eventData(msg.msg)));
     }
     // Bus entries carry their position, as the link passes Redis stream ids.
     this.input(id, { type: 'node', now: this.now, from: entry.from, msgs: entry.msgs, ...(name === BUS ? { at: `${at! + 1}-0` } : {}) });
@@ -555,7 +555,7 @@ export class Cluster {
     for (const name of inboxes) {
       const entries = this.stream(name);
       for (const entry of entries.slice(gone.storedCursors.get(name) ?? 0)) inbox.push(...entry.msgs);
-      for (const msg of inbox) if (msg.t === 'event') this.rerouted.add(JSON.stringify(msg.msg.d));
+      for (const msg of inbox) if (msg.t === 'event') this.rerouted.add(JSON.stringify(eventData(msg.msg)));
       node.cursors.set(name, entries.length);
     }
     const bus = this.stream(BUS)
@@ -583,6 +583,11 @@ function pushTo<K, V>(map: Map<K, V[]>, key: K, value: V): void {
   const list = map.get(key);
   if (list) list.push(value);
   else map.set(key, [value]);
+}
+
+/** The data of a relayed event: nodes send its encoded frame head, not the data. */
+export function eventData(record: RoutedRecord): unknown {
+  return record.h !== undefined ? (JSON.parse(`${record.h}}`) as { d: unknown }).d : record.d;
 }
 
 export function sessionKeyOf(app: string, client: string): string {

@@ -16,7 +16,7 @@
 
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BUS, Client, Cluster, type Connection, type Receipt } from './cluster-harness.ts';
+import { BUS, Client, Cluster, eventData, type Connection, type Receipt } from './cluster-harness.ts';
 
 const FIRST_NODES = ['node-a', 'node-b', 'node-c'];
 /** Nodes that replace ones that crashed or drained, each a new process with a new id. */
@@ -441,7 +441,7 @@ describe('cluster delivery guarantees under random histories', () => {
         expectNoViolations(outcome);
         const busOrder = new Map<string, number>();
         for (const [position, entry] of outcome.cluster.stream(BUS).entries()) {
-          for (const msg of entry.msgs) if (msg.t === 'all') busOrder.set((msg.msg.d as { id: string }).id, position);
+          for (const msg of entry.msgs) if (msg.t === 'all') busOrder.set((eventData(msg.msg) as { id: string }).id, position);
         }
         for (const sent of outcome.sent.values()) {
           if (sent.directed) continue;

@@ -4,7 +4,7 @@
 // JSON; anything in Redis that does not parse is skipped, never thrown.
 
 import type { NodeMessage } from '../../core/cluster-messages.ts';
-import type { AppRecord, Changeset, HeldRecord, MetaRecord, ReplayRecord, SessionRecord, Stored } from '../../core/persist.ts';
+import type { AppRecord, Changeset, HeldRecord, MetaRecord, ReplayRecord, RoutedRecord, SessionRecord, Stored } from '../../core/persist.ts';
 import type { NodeKeys } from './keys.ts';
 import type { RedisPort, RedisReply } from './redis.ts';
 
@@ -62,7 +62,7 @@ export function changesetCommands(keys: NodeKeys, changes: Changeset): string[][
   hdel(keys.apps, changes.dropApps, out);
   hdel(keys.held, changes.dropHeld.map(String), out);
   hset(keys.sessions, changes.sessions.flatMap((record) => [String(record.ord), JSON.stringify(record)]), out);
-  hset(keys.replay, changes.replay.flatMap((record) => [replayField(record.ord, record.s), JSON.stringify(record)]), out);
+  hset(keys.replay, changes.replay.flatMap((record) => [replayField(record.ord, record.s), replayValue(record)]), out);
   hset(keys.apps, changes.apps.flatMap((record) => [record.name, String(record.cursor)]), out);
   hset(keys.held, changes.held.flatMap((record) => [String(record.id), JSON.stringify(record)]), out);
   if (changes.meta) out.push(['HSET', keys.meta, META_RECORD, JSON.stringify(changes.meta)]);
@@ -109,9 +109,24 @@ function sessionOf(value: Record<string, unknown>): SessionRecord | undefined {
   return ok ? (value as unknown as SessionRecord) : undefined;
 }
 
-function replayOf(value: Record<string, unknown>): ReplayRecord | undefined {
-  const ok = isNumber(value.ord) && isNumber(value.s) && (isString(value.text) || (typeof value.msg === 'object' && value.msg !== null));
-  return ok ? (value as unknown as ReplayRecord) : undefined;
+/**
+ * A buffered event as stored: its field names its session and `s`, so the
+ * value is only the event — the very text written to the client, kept as it
+ * is (`t` + text: one row per delivery, the hot path, no JSON escaping), or
+ * the whole event still owed (`m` + JSON).
+ */
+function replayValue(record: ReplayRecord): string {
+  return record.text !== undefined ? `t${record.text}` : `m${JSON.stringify(record.msg)}`;
+}
+
+function replayRow(field: string, value: string): ReplayRecord | undefined {
+  const match = /^(\d+):(\d+)$/.exec(field);
+  if (!match) return undefined;
+  const ord = Number(match[1]);
+  const s = Number(match[2]);
+  if (value.startsWith('t')) return { ord, s, text: value.slice(1) };
+  const msg = value.startsWith('m') ? parseObject(value.slice(1)) : undefined;
+  return msg && isString(msg.e) && typeof msg.to === 'object' && msg.to !== null ? { ord, s, msg: msg as unknown as RoutedRecord } : undefined;
 }
 
 function heldOf(value: Record<string, unknown>): HeldRecord | undefined {
@@ -153,10 +168,15 @@ export async function loadNamespace(redis: RedisPort, keys: NodeKeys): Promise<L
   };
   const stored: Stored = {
     sessions: parsed(sessions, sessionOf),
-    replay: parsed(replay, replayOf),
+    replay: [],
     apps: [],
     held: parsed(held, heldOf),
   };
+  for (const [field, value] of pairs(replay)) {
+    const row = replayRow(field, value);
+    if (row) stored.replay.push(row);
+    else skipped++;
+  }
   for (const [name, cursor] of pairs(apps)) {
     const value = Number(cursor);
     if (Number.isFinite(value)) stored.apps.push({ name, cursor: value } satisfies AppRecord);
