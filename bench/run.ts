@@ -329,6 +329,48 @@ interface Row extends Measures {
   raw?: unknown;
 }
 
+/** What the load client is told to do against `port`. */
+function loadConfig(scenario: LoadConfig['scenario'], port: number, measureMs: number, opts: Options): LoadConfig {
+  return {
+    scenario,
+    port,
+    password: PASSWORD,
+    warmupMs: opts.warmupMs,
+    measureMs,
+    drainMs: 2000,
+    payloadBytes: opts.payloadBytes,
+    pairs: opts.pairs,
+    window: opts.window,
+    consumers: opts.consumers,
+    fanWindow: opts.fanWindow,
+    connections: opts.connections,
+    concurrency: opts.concurrency,
+    holdMs: opts.holdMs,
+    deadlineMs: 30_000 + opts.warmupMs + measureMs + opts.holdMs + opts.connections * 10,
+  };
+}
+
+/** One run's row from what the load client and /proc reported; `saturable`: the client's CPU can cap the figure. */
+function rowOf(base: Pick<Row, 'runtime' | 'scenario' | 'server' | 'run'>, o: LoadOutcome, saturable: boolean): Row {
+  const r = o.result;
+  const row: Row = {
+    ...base,
+    ok: r.count > 0 && r.errorCount === 0,
+    rate: r.rate,
+    p50Us: r.p50Us,
+    p99Us: r.p99Us,
+    clientCpu: r.clientCpu,
+    serverCpu: o.serverCpu,
+    otherCpu: o.machineCpu === undefined ? undefined : Math.max(0, o.machineCpu - (o.serverCpu ?? 0) - r.clientCpu),
+    clientSaturated: saturable && r.clientCpu > 0.9,
+    lost: r.lost,
+    errorCount: r.errorCount,
+    raw: r,
+  };
+  if (r.errorCount) row.error = r.errors.join('; ');
+  return row;
+}
+
 async function socketRun(runtime: Runtime, scenario: 'pairs' | 'latency' | 'fanout' | 'connections', kind: Kind, run: number, opts: Options): Promise<Row> {
   const base = { runtime, scenario, server: kind, run };
   const prof = runtime !== 'deno' && opts.profile ? profileDir(kind, scenario, run) : undefined;
@@ -343,40 +385,10 @@ async function socketRun(runtime: Runtime, scenario: 'pairs' | 'latency' | 'fano
   try {
     server = await startServer(cmd, env);
     await new Promise((r) => setTimeout(r, 300));
-    const cfg: LoadConfig = {
-      scenario,
-      port: server.port,
-      password: PASSWORD,
-      warmupMs: opts.warmupMs,
-      measureMs,
-      drainMs: 2000,
-      payloadBytes: opts.payloadBytes,
-      pairs: opts.pairs,
-      window: opts.window,
-      consumers: opts.consumers,
-      fanWindow: opts.fanWindow,
-      connections: opts.connections,
-      concurrency: opts.concurrency,
-      holdMs: opts.holdMs,
-      deadlineMs: 30_000 + opts.warmupMs + measureMs + opts.holdMs + opts.connections * 10,
-    };
+    const cfg = loadConfig(scenario, server.port, measureMs, opts);
     const o = await runLoad(server, cfg);
     const r = o.result;
-    const row: Row = {
-      ...base,
-      ok: r.count > 0 && r.errorCount === 0,
-      rate: r.rate,
-      p50Us: r.p50Us,
-      p99Us: r.p99Us,
-      clientCpu: r.clientCpu,
-      serverCpu: o.serverCpu,
-      otherCpu: o.machineCpu === undefined ? undefined : Math.max(0, o.machineCpu - (o.serverCpu ?? 0) - r.clientCpu),
-      clientSaturated: scenario !== 'connections' && r.clientCpu > 0.9,
-      lost: r.lost,
-      errorCount: r.errorCount,
-      raw: r,
-    };
-    if (r.errorCount) row.error = r.errors.join('; ');
+    const row = rowOf(base, o, scenario !== 'connections');
     if (scenario === 'connections') {
       row.rssBefore = o.rssBefore;
       row.rssAfter = o.rssAfter;
@@ -470,24 +482,8 @@ async function clusterRun(runtime: Runtime, scenario: 'cluster-pairs' | 'cluster
     }
     await new Promise((r) => setTimeout(r, 300));
     const [first, second] = started;
-    const cfg: LoadConfig = {
-      scenario: scenario === 'cluster-pairs' ? 'pairs' : 'fanout',
-      port: first!.port,
-      ...(second ? { consumerPort: second.port } : {}),
-      password: PASSWORD,
-      warmupMs: opts.warmupMs,
-      measureMs: opts.measureMs,
-      drainMs: 2000,
-      payloadBytes: opts.payloadBytes,
-      pairs: opts.pairs,
-      window: opts.window,
-      consumers: opts.consumers,
-      fanWindow: opts.fanWindow,
-      connections: opts.connections,
-      concurrency: opts.concurrency,
-      holdMs: opts.holdMs,
-      deadlineMs: 30_000 + opts.warmupMs + opts.measureMs,
-    };
+    const cfg = loadConfig(scenario === 'cluster-pairs' ? 'pairs' : 'fanout', first!.port, opts.measureMs, opts);
+    if (second) cfg.consumerPort = second.port;
     let commands0 = NaN;
     let commands = NaN;
     const o = await runLoad(first!, cfg, {
@@ -499,23 +495,8 @@ async function clusterRun(runtime: Runtime, scenario: 'cluster-pairs' | 'cluster
         if (redis) commands = redisCommandsProcessed(redis.port) - commands0;
       },
     });
-    const r = o.result;
-    const row: Row = {
-      ...base,
-      ok: r.count > 0 && r.errorCount === 0,
-      rate: r.rate,
-      p50Us: r.p50Us,
-      p99Us: r.p99Us,
-      clientCpu: r.clientCpu,
-      serverCpu: o.serverCpu,
-      otherCpu: o.machineCpu === undefined ? undefined : Math.max(0, o.machineCpu - (o.serverCpu ?? 0) - r.clientCpu),
-      clientSaturated: r.clientCpu > 0.9,
-      lost: r.lost,
-      errorCount: r.errorCount,
-      raw: r,
-    };
-    if (redis) row.redisPerDelivery = commands / r.count;
-    if (r.errorCount) row.error = r.errors.join('; ');
+    const row = rowOf(base, o, true);
+    if (redis) row.redisPerDelivery = commands / o.result.count;
     return row;
   } catch (err) {
     return { ...base, ok: false, error: String((err as Error).message ?? err).slice(0, 2000) };

@@ -710,16 +710,7 @@ function shutdown(state: State, out: Output[], now: number): void {
     state.memory.held -= app.heldBytes;
     app.heldBytes = 0;
   }
-  // A reader still behind cannot drain before the process exits: what the
-  // host still queues for it is dropped and counts as never written; what its
-  // transport holds goes out ahead of GO_AWAY, and the connection is ended.
-  const behind: Conn[] = [];
-  for (const conn of state.conns.values()) {
-    if (conn.closing || conn.backlog === 0 || !conn.session) continue;
-    out.push({ type: 'discard', conn: conn.id });
-    forgetQueued(state, conn, conn.session);
-    behind.push(conn);
-  }
+  const behind = dropBehind(state, out);
   for (const session of state.sessions.values()) {
     for (const msg of unwrittenDirected(session)) undeliverable(state, out, msg, 'server is shutting down');
     clearReplay(state, session);
@@ -739,6 +730,22 @@ function shutdown(state: State, out: Output[], now: number): void {
   out.push({ type: 'log', level: 'info', msg: 'shutting down', fields: { connections: state.conns.size } });
 }
 
+/**
+ * A reader still behind cannot drain before the process exits: what the host
+ * still queues for it is dropped and counts as never written; what its
+ * transport holds goes out ahead of GO_AWAY. Returns those connections, to be
+ * ended after it.
+ */
+function dropBehind(state: State, out: Output[]): Conn[] {
+  const behind: Conn[] = [];
+  for (const conn of state.conns.values()) {
+    if (conn.closing || conn.backlog === 0 || !conn.session) continue;
+    out.push({ type: 'discard', conn: conn.id });
+    forgetQueued(state, conn, conn.session);
+    behind.push(conn);
+  }
+  return behind;
+}
 
 /**
  * A node of a cluster leaving: GO_AWAY to every connection, but its sessions
@@ -747,13 +754,7 @@ function shutdown(state: State, out: Output[], now: number): void {
  * adopt what is left once this one has gone.
  */
 function drainNode(state: State, out: Output[], now: number): void {
-  const behind: Conn[] = [];
-  for (const conn of state.conns.values()) {
-    if (conn.closing || conn.backlog === 0 || !conn.session) continue;
-    out.push({ type: 'discard', conn: conn.id });
-    forgetQueued(state, conn, conn.session);
-    behind.push(conn);
-  }
+  const behind = dropBehind(state, out);
   for (const conn of state.conns.values()) {
     if (conn.closing) continue;
     send(state, out, conn, { op: Op.GO_AWAY, d: GO_AWAY_TEXT });
