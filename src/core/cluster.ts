@@ -547,7 +547,7 @@ export function linkChanged(state: State, out: Output[], up: boolean, nodes: str
 }
 
 /** A dead node's state, claimed for this node: its sessions become ours (resumable), its held events ours to hold. */
-export function adopt(state: State, out: Output[], node: string, stored: Stored, inbox: NodeMessage[], bus: NodeMessage[], now: number): void {
+export function adopt(state: State, out: Output[], node: string, stored: Stored, inbox: NodeMessage[], bus: { at: string; msgs: NodeMessage[] }[], now: number): void {
   const cluster = state.cluster!;
   const rows = new Map<number, ReplayRecord[]>();
   for (const row of stored.replay) {
@@ -573,7 +573,9 @@ export function adopt(state: State, out: Output[], node: string, stored: Stored,
   }
   // Mode-all events the dead node never read go to its sessions first, before
   // a release waiting in its inbox can hand one of them on.
-  for (const msg of bus) if (msg.t === 'all') handle(state, out, node, msg, now, adopted);
+  for (const entry of bus) {
+    for (const msg of entry.msgs) if (msg.t === 'all') handle(state, out, node, msg, now, adopted, entry.at);
+  }
   const before = new Set(state.sessions.values());
   for (const msg of inbox) handle(state, out, node, msg, now);
   // Sessions handed to the dead node in messages it never read are this node's now, in the owners hash too.

@@ -77,7 +77,7 @@ export type Input =
    * A dead node's sessions and held events, already claimed for this node,
    * with what its inbox and the bus held that it never handled.
    */
-  | { type: 'adopt'; now: number; node: string; stored: Stored; inbox: NodeMessage[]; bus: NodeMessage[] };
+  | { type: 'adopt'; now: number; node: string; stored: Stored; inbox: NodeMessage[]; bus: { at: string; msgs: NodeMessage[] }[] };
 
 export type Output =
   /**

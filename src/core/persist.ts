@@ -74,6 +74,8 @@ export interface SessionRecord {
   au?: string;
   dt?: string[];
   fm?: Record<string, unknown>;
+  /** In a cluster: the bus entry a previous owner had handled it up to (Session.busSeen). */
+  bs?: string;
 }
 
 /** A buffered event: whole while it is still owed, else just the JSON text it was written as. */
@@ -190,6 +192,7 @@ export function sessionRecord(session: Session): SessionRecord {
   if (session.authority !== 'password') record.au = session.authority;
   if (session.dispatchTo !== undefined) record.dt = [...session.dispatchTo];
   if (session.fixedMeta !== undefined) record.fm = session.fixedMeta;
+  if (session.busSeen !== undefined) record.bs = session.busSeen;
   return record;
 }
 
@@ -220,6 +223,7 @@ export function sessionFromRecord(state: State, record: SessionRecord, all: Repl
   session.dispatchTo = record.dt === undefined ? undefined : new Set(record.dt);
   session.fixedMeta = record.fm;
   session.expiresAt = record.exp;
+  if (record.bs !== undefined) session.busSeen = record.bs;
   // Entries are consecutive and end at `seq`.
   let from = all.length;
   while (from > 0 && all[from - 1]!.s === record.seq - (all.length - from)) from--;

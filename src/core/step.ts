@@ -759,9 +759,11 @@ function drainNode(state: State, out: Output[], now: number): void {
     if (conn.closing) continue;
     send(state, out, conn, { op: Op.GO_AWAY, d: GO_AWAY_TEXT });
     closeConn(state, out, conn, Close.GOING_AWAY, GO_AWAY_TEXT);
-    // What it was written goes out ahead of GO_AWAY, as on one node.
+    // What waits for the cluster's write goes out ahead of GO_AWAY if the
+    // client is still there: until then it is owed, replayed or requeued.
     const session = conn.session;
     if (session) {
+      forgetUnflushed(state, conn, session);
       detach(state, conn, session);
       keepResumable(state, out, session, now);
     }

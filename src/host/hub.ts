@@ -149,11 +149,17 @@ class Peer {
   gates: Gate[] = [];
   /** Frames ever taken off the front of `frames` (written or dropped): where a gate's `at` is counted from. */
   dequeued = 0;
+  /** A close the core asked for while frames still waited behind a gate. */
+  pendingClose: { code: CloseCodeNumber; reason: string } | undefined;
+  /** The runtime refused a frame of this socket and is about to close it itself. */
+  refusedFrame = false;
   constructor(
     readonly conn: ConnId,
     readonly socket: HubSocket,
   ) {}
 }
+
+type CloseCodeNumber = Extract<Output, { type: 'close' }>['code'];
 
 /** WebSocket header bytes in front of a payload (RFC 6455 §5.2; server frames are unmasked). */
 function wireSize(frame: string | Uint8Array): number {
@@ -257,6 +263,8 @@ export class Hub {
 
   /** The transport refused a frame of this connection (too large, or malformed at the WebSocket level). */
   refused(conn: ConnId, tooLarge: boolean, detail?: string): void {
+    const peer = this.peers.get(conn);
+    if (peer) peer.refusedFrame = true;
     this.run({ type: 'refused', now: this.now(), conn, tooLarge, detail });
   }
 
@@ -314,6 +322,7 @@ export class Hub {
 
   /** Cluster writes up to `generation` are done (Infinity: stop waiting for any): what waited for them goes out. */
   stored(generation: number): void {
+    const closes: { peer: Peer; code: CloseCodeNumber; reason: string }[] = [];
     for (const peer of this.gated) {
       if (peer.closed) {
         this.gated.delete(peer);
@@ -323,7 +332,13 @@ export class Hub {
       while (passed < peer.gates.length && peer.gates[passed]!.generation <= generation) passed++;
       if (passed === 0) continue;
       peer.gates = passed === peer.gates.length ? [] : peer.gates.slice(passed);
-      if (peer.gates.length === 0) this.gated.delete(peer);
+      if (peer.gates.length === 0) {
+        this.gated.delete(peer);
+        if (peer.pendingClose) {
+          closes.push({ peer, ...peer.pendingClose });
+          peer.pendingClose = undefined;
+        }
+      }
       if (!peer.queued && this.writable(peer) > 0) {
         peer.queued = true;
         this.toFlush.push(peer);
@@ -337,6 +352,7 @@ export class Hub {
         else this.storeWaiters.push(waiter);
       }
     }
+    for (const { peer, code, reason } of closes) if (this.peers.get(peer.conn) === peer) this.execute({ type: 'close', conn: peer.conn, code, reason });
     if (this.toFlush.length > 0 && !this.flushing) this.requestFlush();
   }
 
@@ -464,9 +480,13 @@ export class Hub {
       case 'close': {
         const peer = this.peers.get(output.conn);
         if (!peer) return;
-        // A close does not wait for the cluster write: the runtime may be closing
-        // the socket itself (a frame it refused), and the reason must get there
-        // first. What waited goes out ahead of it, stored or not (docs/cluster.md).
+        // Frames waiting for the cluster write leave before the close frame, so
+        // the close waits too — unless the runtime is closing the socket itself
+        // (a frame it refused): then the reason must get there first, stored or not.
+        if (peer.gates.length > 0 && !peer.refusedFrame) {
+          peer.pendingClose = { code: output.code, reason: output.reason };
+          return;
+        }
         // NO_U_TBH (or GO_AWAY) was queued just before; it leaves ahead of the close frame.
         this.write(peer, true);
         if (peer.socket.dropsUnsentOnClose && peer.socket.buffered() > 0) {
@@ -552,6 +572,7 @@ export class Hub {
   private terminate(peer: Peer): void {
     peer.terminated = true;
     this.dropQueued(peer);
+    peer.pendingClose = undefined;
     this.guard(peer, 'terminate', () => peer.socket.terminate());
   }
 

@@ -253,10 +253,11 @@ export class Cluster {
         this.deliver(turn, output.conn, { frame: JSON.parse(text) as Frame }, node.linked);
         return;
       }
-      case 'close':
+      case 'close': {
         this.deliver(turn, output.conn, { close: output.code, reason: output.reason }, node.linked);
         closes.push({ conn: output.conn, code: output.code });
         return;
+      }
       case 'log':
         node.logs.push(output);
         if (output.level === 'error') this.violations.push(`${node.id} logged an error: ${output.msg} ${JSON.stringify(output.fields)}`);
@@ -556,11 +557,15 @@ export class Cluster {
       const entries = this.stream(name);
       for (const entry of entries.slice(gone.storedCursors.get(name) ?? 0)) inbox.push(...entry.msgs);
       for (const msg of inbox) if (msg.t === 'event') this.rerouted.add(JSON.stringify(eventData(msg.msg)));
+      // Held events pass to the adopter: it hands them on from there, possibly after later ones.
+      for (const held of claimed.held) this.rerouted.add(JSON.stringify(eventData(held.msg)));
       node.cursors.set(name, entries.length);
     }
+    const from = gone.storedCursors.get(BUS) ?? 0;
+    // With their positions, as the link passes Redis stream ids.
     const bus = this.stream(BUS)
-      .slice(gone.storedCursors.get(BUS) ?? 0, node.cursors.get(BUS))
-      .flatMap((entry) => entry.msgs);
+      .slice(from, node.cursors.get(BUS))
+      .map((entry, i) => ({ at: `${from + i + 1}-0`, msgs: entry.msgs }));
     this.run(node, { type: 'adopt', now: this.now, node: dead, stored: claimed, inbox, bus });
     node.turn!.adopted.push(dead);
     if (!node.holding) this.endTurn(adopter);

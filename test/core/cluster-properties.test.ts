@@ -317,10 +317,12 @@ type Outcome = ReturnType<typeof run>;
 /** Receipts of one payload across every receiver, split by whether the turn that wrote them was stored. */
 function receiptsOf(outcome: Outcome, id: string): { stored: (Receipt & { client: string })[]; lost: (Receipt & { client: string })[] } {
   const all = outcome.receivers.flatMap((c) => c.receipts.filter((r) => (r.d as { id: string }).id === id).map((r) => ({ ...r, client: c.id })));
-  // Written in a turn that died with its node, or just before a takeover
-  // closed the connection: the core cannot know the reader got it, so it may
-  // also be owed again (replayed, requeued, or reported undeliverable).
-  const uncertain = (r: Receipt) => outcome.cluster.lostTurns.has(r.turn) || outcome.cluster.conns.get(r.conn)?.closed?.code === 4409;
+  // Written in a turn that died with its node, or just before the server
+  // closed the connection (a takeover, a drain's GO_AWAY): the core cannot
+  // know the reader got it, so it may also be owed again (replayed,
+  // requeued, or reported undeliverable).
+  const serverClosed = new Set([4409, 1001]);
+  const uncertain = (r: Receipt) => outcome.cluster.lostTurns.has(r.turn) || serverClosed.has(outcome.cluster.conns.get(r.conn)?.closed?.code ?? 0);
   return {
     stored: all.filter((r) => !uncertain(r)),
     lost: all.filter(uncertain),

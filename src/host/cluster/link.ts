@@ -723,7 +723,7 @@ export class ClusterLink implements HubCluster {
       }
       const flat = (entries: NodeEntry[]) => entries.flatMap((entry) => entry.msgs) as NodeMessage[];
       const inbox = [...unread.values()].flatMap(flat);
-      this.hub.fromCluster({ type: 'adopt', node, stored, inbox, bus: flat(bus) });
+      this.hub.fromCluster({ type: 'adopt', node, stored, inbox, bus: bus.map((entry) => ({ at: entry.id, msgs: entry.msgs })) });
       this.adopted++;
       const until = Date.now() + 2 * this.timeout;
       for (const [owner, entries] of unread) {
