@@ -283,6 +283,8 @@ function release(state: State, out: Output[], key: string, asker: string, reconn
   if (session.node !== undefined) {
     return relay(cluster, out, asker, session.node === asker ? { t: 'handoff', key } : { t: 'handoff', key, moved: session.node });
   }
+  // A release this node sent to a node it has since adopted: the session is already here.
+  if (asker === cluster.self) return proceed(state, out, key, now);
   if (session.conn && !reconnect) return relay(cluster, out, asker, { t: 'handoff', key, refused: 'connected' });
   const conn = session.conn;
   if (conn) {
