@@ -30,8 +30,6 @@ export type NodeMessage =
   | { t: 'all'; msg: RoutedRecord }
   /** Inbox: a directed event for session `to` (app\0client), or to route again if it is not here. */
   | { t: 'event'; to: string; msg: RoutedRecord; hops: number }
-  /** Inbox: a held event handed over by a node that is leaving; `exp` is when its TTL ends. */
-  | { t: 'hold'; msg: RoutedRecord; exp: number }
   /** Inbox: NERVE_UNDELIVERABLE for the sender session `to`. */
   | { t: 'undeliverable'; to: string; e: string; reason: string; nonce?: string | undefined; forwarded?: true }
   /** Inbox: `node` has a client identifying as session `key` and asks the owner to hand it over. */

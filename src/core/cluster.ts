@@ -442,14 +442,6 @@ function handle(state: State, out: Output[], from: string, msg: NodeMessage, now
       event.hops = msg.hops;
       return deliverRelayed(state, out, msg.to, event, now);
     }
-    case 'hold': {
-      const event = routedFrom(msg.msg, state.config);
-      if (msg.exp <= now) return undeliverable(state, out, event, `no connected client of ${event.target.app_name} within ${state.config.queueTtl} ms`);
-      insertHeld(state, event, msg.exp);
-      for (const session of [...getApp(state, event.target.app_name).sessions]) if (isReachable(state, session)) deliverHeld(state, out, session);
-      forgetAppIfEmpty(state, getApp(state, event.target.app_name));
-      return;
-    }
     case 'undeliverable': {
       const sender = state.sessions.get(msg.to);
       if (!sender) return;
