@@ -8,7 +8,7 @@ import type { Wire } from '../src/core/protocol.ts';
 import type { HostConfig } from '../src/host/config.ts';
 import { announce, mountedApp, normalizePath, resolveConfig, wsUrl, type ConfigInput, type NerveServer, type ServeOptions } from '../src/host/boot.ts';
 import { startCluster, type ClusterLink } from '../src/host/cluster/index.ts';
-import { Hub, type HubSocket } from '../src/host/hub.ts';
+import { Hub, wireSize, type HubSocket } from '../src/host/hub.ts';
 
 export type { NerveServer, ServeOptions, ConfigInput } from '../src/host/boot.ts';
 
@@ -21,23 +21,24 @@ export interface NerveSocketData {
 }
 
 /**
- * A Bun socket as the hub sees it: one flush is one cork (one syscall). A send
- * Bun drops (past backpressureLimit) was never written, so from then on the
- * socket reports an endless backlog and the core cuts it as a slow consumer.
+ * A Bun socket as the hub sees it: one flush is one cork (one syscall). A
+ * frame Bun refuses (past backpressureLimit) is never written, and neither is
+ * any frame after it: a gap would lose it silently. The refused bytes stay in
+ * the backlog, so the core cuts the socket as a slow consumer, and the hub
+ * tells it, at the close, that they were dropped.
  */
 class BunSocket implements HubSocket {
-  private dropped = false;
+  private refusedBytes = 0;
   constructor(private readonly ws: ServerWebSocket<NerveSocketData>) {}
 
   send(frames: readonly (string | Uint8Array)[]): void {
     const ws = this.ws;
     ws.cork(() => {
-      for (let i = 0; i < frames.length; i++) if (ws.send(frames[i]!) === 0) this.dropped = true;
+      for (let i = 0; i < frames.length; i++) {
+        if (this.refusedBytes > 0 || ws.send(frames[i]!) === 0) this.refusedBytes += wireSize(frames[i]!);
+      }
     });
   }
-
-  /** Bun's close() ends the TCP connection at once and drops what it still buffers. */
-  readonly dropsUnsentOnClose = true;
 
   close(code: number, reason: string): void {
     this.closed = true;
@@ -45,7 +46,12 @@ class BunSocket implements HubSocket {
   }
 
   buffered(): number {
-    return this.dropped ? Infinity : this.ws.getBufferedAmount();
+    return this.ws.getBufferedAmount() + this.refusedBytes;
+  }
+
+  /** Bun's close() ends the TCP connection at once and drops what it still buffers: the hub waits for this to reach 0. */
+  sending(): number {
+    return this.ws.getBufferedAmount();
   }
 
   /**

@@ -33,6 +33,7 @@ const MEANINGS: Readonly<Record<string, { meaning: string; fallback?: string }>>
   NERVE_RESUME_WINDOW: { meaning: 'ms a dropped session can be resumed' },
   NERVE_MAX_METADATA: { meaning: "bytes of a client's metadata as JSON" },
   NERVE_DRAIN_TIMEOUT: { meaning: 'ms shutdown waits for sockets to close' },
+  NERVE_CLOSE_GRACE: { meaning: 'ms a connection the server closed has to read what it was sent and answer the close before it is dropped (Node; Bun: before its unsent bytes are)' },
   NERVE_RATE_LIMIT: { meaning: 'inbound frames per second per connection (burst: 2 s worth)', fallback: '0 (off)' },
   NERVE_QUEUE_MAX_COUNT: { meaning: 'held dispatches per app' },
   NERVE_QUEUE_MAX_BYTES: { meaning: 'bytes of held dispatches per app' },

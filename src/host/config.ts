@@ -9,6 +9,8 @@ export interface HostConfig extends CoreConfig {
   port: number;
   host: string;
   drainTimeout: number;
+  /** ms a connection the server closed may take to finish the closing handshake before its TCP connection is dropped. */
+  closeGrace: number;
   /** True when NERVE_PASSWORD was not set and one was generated. */
   generatedPassword: boolean;
   /** Keys for IDENTIFY and HTTP tokens; absent: only the password is accepted. */
@@ -207,6 +209,7 @@ export function loadConfig(env: Env, worker: string = newWorkerId()): HostConfig
     resumeWindow: integer(env, 'NERVE_RESUME_WINDOW', DEFAULT_LIMITS.resumeWindow, 0),
     maxMetadata: integer(env, 'NERVE_MAX_METADATA', DEFAULT_LIMITS.maxMetadata, 2),
     drainTimeout: integer(env, 'NERVE_DRAIN_TIMEOUT', 10_000, 0),
+    closeGrace: integer(env, 'NERVE_CLOSE_GRACE', 2_000, 1),
     rateLimit: integer(env, 'NERVE_RATE_LIMIT', DEFAULT_LIMITS.rateLimit, 0),
     queueMaxCount: integer(env, 'NERVE_QUEUE_MAX_COUNT', DEFAULT_LIMITS.queueMaxCount, 0),
     queueMaxBytes: integer(env, 'NERVE_QUEUE_MAX_BYTES', DEFAULT_LIMITS.queueMaxBytes, 0),

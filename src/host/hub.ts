@@ -22,8 +22,13 @@ export interface HubSocket {
   close(code: number, reason: string): void;
   /** Bytes given to send() that the transport has not yet handed to the OS; 0 where the runtime cannot tell. */
   buffered(): number;
-  /** The transport's close throws away what it still holds (Bun): the hub waits for it to drain first. */
-  readonly dropsUnsentOnClose?: boolean;
+  /**
+   * Only for a transport whose close throws away what it still holds (Bun):
+   * the part of buffered() it is still sending. The rest it refused and will
+   * never send. The hub closes once this is 0 (or after the close grace) and
+   * tells the core that whatever buffered() still counts then was dropped.
+   */
+  sending?(): number;
   /**
    * Ends the connection now without waiting for the closing handshake. What
    * send() was given still goes out ahead of the end (the hub never gives a
@@ -35,7 +40,8 @@ export interface HubSocket {
 
 export interface HubOptions {
   /** The core's config; `tokens`, when present, are the keys IDENTIFY and HTTP tokens are verified with. */
-  config: CoreConfig & { tokens?: TokenSettings | undefined };
+  /** A host's config; its `closeGrace` (NERVE_CLOSE_GRACE) is the default for the option below. */
+  config: CoreConfig & { tokens?: TokenSettings | undefined; closeGrace?: number };
   /** Writes one log line (already JSON). */
   log?: (line: string) => void;
   now?: () => number;
@@ -57,7 +63,7 @@ export interface HubOptions {
   /**
    * ms a connection the hub closed may take to finish the closing handshake
    * before it is dropped; 0 never drops it (a Durable Object, where the
-   * runtime owns that handshake). Default 2000.
+   * runtime owns that handshake). Default: `config.closeGrace`, else 2000.
    */
   closeGrace?: number;
   /** Verifies an IDENTIFY or HTTP token; default: jose with `config.tokens`. */
@@ -162,7 +168,8 @@ class Peer {
 type CloseCodeNumber = Extract<Output, { type: 'close' }>['code'];
 
 /** WebSocket header bytes in front of a payload (RFC 6455 §5.2; server frames are unmasked). */
-function wireSize(frame: string | Uint8Array): number {
+/** A frame's size as a transport counts it: payload and frame header. */
+export function wireSize(frame: string | Uint8Array): number {
   const length = typeof frame === 'string' ? utf8Length(frame) : frame.byteLength;
   return length + (length < 126 ? 2 : length < 65536 ? 4 : 10);
 }
@@ -207,7 +214,7 @@ export class Hub {
     this.writeLog = options.log ?? ((line) => console.log(line));
     this.arm = options.arm ?? ((at) => this.armTimeout(at));
     this.schedule = options.schedule;
-    this.closeGrace = options.closeGrace ?? DEFAULT_CLOSE_GRACE_MS;
+    this.closeGrace = options.closeGrace ?? options.config.closeGrace ?? DEFAULT_CLOSE_GRACE_MS;
     this.verifyToken = options.verifyToken ?? createTokenVerifier(options.config.tokens);
   }
 
@@ -489,7 +496,7 @@ export class Hub {
         }
         // NO_U_TBH (or GO_AWAY) was queued just before; it leaves ahead of the close frame.
         this.write(peer, true);
-        if (peer.socket.dropsUnsentOnClose && peer.socket.buffered() > 0) {
+        if (peer.socket.sending && peer.socket.buffered() > 0) {
           this.closeWhenSent(peer, output.code, output.reason);
           return;
         }
@@ -555,7 +562,7 @@ export class Hub {
     const deadline = this.now() + this.closeGrace;
     const attempt = () => {
       if (peer.closed) return;
-      if (peer.socket.buffered() > 0 && this.now() < deadline) {
+      if (peer.socket.sending!() > 0 && this.now() < deadline) {
         setTimeout(attempt, CLOSE_POLL_MS);
         return;
       }

@@ -50,6 +50,9 @@ const MAX_UNIDENTIFIED = 6;
 const RATE_LIMIT = 20;
 /** The identify timeout is the heartbeat interval: long enough to fill the caps before idle connections time out. */
 const CAPS_HEARTBEAT = 5000;
+/** Short enough to tell from the 2 s default, long enough to tell from an immediate drop. */
+const CLOSE_GRACE = 700;
+
 const CAPS_ENV = {
   NERVE_MAX_CONNECTIONS: String(MAX_CONNECTIONS),
   NERVE_MAX_UNIDENTIFIED: String(MAX_UNIDENTIFIED),
@@ -429,6 +432,24 @@ for (const runtime of RUNTIMES) {
       await healthy();
     });
 
+  });
+
+  // Only Node's sockets wait for the peer's answer: Bun's close ends the TCP connection once its buffer is sent
+  // (the grace bounds that wait: slow-consumer.test.ts), Deno and workerd run the closing handshake themselves.
+  (runtime === 'node' ? describe : describe.skip)(`${runtime}: NERVE_CLOSE_GRACE`, () => {
+    const { server, healthy } = hostileServer(runtime, { NERVE_HEARTBEAT_INTERVAL: '1000', NERVE_CLOSE_GRACE: String(CLOSE_GRACE) });
+
+    it(`a peer that never answers the server's close is dropped ${CLOSE_GRACE} ms after it, not at the 2 s default`, async () => {
+      const peer = await stuckPeer(server());
+      const ended = new Promise<number>((resolve) => peer.socket.once('close', () => resolve(performance.now())));
+      // The identify timeout sends NO_U_TBH and the close; the peer never replies.
+      expect(await peer.closeFrame).toBe(4408);
+      const closedAt = performance.now();
+      const waited = (await ended) - closedAt;
+      expect(waited, `dropped ${Math.round(waited)} ms after the close frame`).toBeGreaterThan(CLOSE_GRACE - 100);
+      expect(waited, `dropped ${Math.round(waited)} ms after the close frame`).toBeLessThan(1_800);
+      await healthy();
+    });
   });
 
   describe(`${runtime}: connections that never identify, and HTTP under the rate limit`, () => {

@@ -55,6 +55,9 @@ const SLOW_ENV = {
   NERVE_REPLAY_MAX_BYTES: String(OUTBOUND - Number(FAST_ENV.NERVE_MAX_PAYLOAD)),
   // Room for the flood to finish and the consumer to come back.
   NERVE_RESUME_WINDOW: '20000',
+  // The consumer reads again only after the bursts below, which may take seconds on a busy machine; a reader
+  // that stays silent past the close grace loses what was in flight on some runtimes (docs/runtimes.md).
+  NERVE_CLOSE_GRACE: '30000',
 };
 
 interface Flood {
