@@ -228,6 +228,8 @@ async function stopServer(s: Server): Promise<void> {
 interface LoadOutcome {
   result: any;
   serverCpu?: number;
+  /** Each server process's share of serverCpu, in the order of its pids (the first node, the others, Redis). */
+  serverCpuEach?: number[];
   /** Cores busy during the window, machine-wide: what is not server or client is a neighbour. */
   machineCpu?: number;
   rssBefore?: number;
@@ -243,12 +245,13 @@ interface LoadExtras {
 
 function runLoad(server: Server, cfg: LoadConfig, extras: LoadExtras = {}): Promise<LoadOutcome> {
   const pids = [server.pid, ...(extras.pids ?? [])];
-  const cpuOfServers = () => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+  const cpuEach = () => pids.map((pid) => cpuSeconds(pid));
   return new Promise((resolvePromise, reject) => {
     const cmd = pin(1, [process.execPath, '--import', 'tsx', 'bench/load.ts', JSON.stringify(cfg)]);
     const proc = spawn(cmd[0], cmd.slice(1), { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
     const outcome: LoadOutcome = { result: null };
     let cpu0 = 0;
+    let each0: number[] = [];
     let busy0 = 0;
     let t0 = 0;
     let stderr = '';
@@ -263,12 +266,15 @@ function runLoad(server: Server, cfg: LoadConfig, extras: LoadExtras = {}): Prom
       }
       if (ev.event === 'window-start') {
         extras.atWindowStart?.();
-        cpu0 = cpuOfServers();
+        each0 = cpuEach();
+        cpu0 = each0.reduce((sum, cpu) => sum + cpu, 0);
         busy0 = machineBusySeconds();
         t0 = performance.now();
       } else if (ev.event === 'window-end') {
         const secs = (performance.now() - t0) / 1000;
-        outcome.serverCpu = (cpuOfServers() - cpu0) / secs;
+        const each = cpuEach();
+        outcome.serverCpuEach = each.map((cpu, i) => (cpu - each0[i]!) / secs);
+        outcome.serverCpu = (each.reduce((sum, cpu) => sum + cpu, 0) - cpu0) / secs;
         outcome.machineCpu = (machineBusySeconds() - busy0) / secs;
         extras.atWindowEnd?.();
       } else if (ev.event === 'before') {
@@ -465,7 +471,8 @@ async function clusterUp(port: number): Promise<void> {
  */
 async function clusterRun(runtime: Runtime, scenario: 'cluster-pairs' | 'cluster-fanout', kind: ClusterKind, run: number, opts: Options): Promise<Row> {
   const base = { runtime, scenario, server: kind, run };
-  const cmd = serverCommand(runtime, 'nerve', opts);
+  const profiles = [0, 1].map((node) => (runtime !== 'deno' && opts.profile ? profileDir('nerve', `${scenario}-${kind}-node${node + 1}`, run) : undefined));
+  for (const prof of profiles) if (prof) rmSync(prof, { recursive: true, force: true });
   const env: Record<string, string> = { NERVE_PORT: '0', NERVE_HOST: '127.0.0.1', NERVE_PASSWORD: PASSWORD };
   const started: Server[] = [];
   let redis: { proc: ChildProcess; port: number } | undefined;
@@ -475,9 +482,9 @@ async function clusterRun(runtime: Runtime, scenario: 'cluster-pairs' | 'cluster
       env.NERVE_REDIS_URL = `redis://127.0.0.1:${redis.port}`;
       env.NERVE_CLUSTER = `bench-${process.pid}-${run}`;
     }
-    started.push(await startServer(cmd, env));
+    started.push(await startServer(serverCommand(runtime, 'nerve', opts, profiles[0]), env));
     if (kind === 'cluster') {
-      started.push(await startServer(cmd, env));
+      started.push(await startServer(serverCommand(runtime, 'nerve', opts, profiles[1]), env));
       for (const node of started) await clusterUp(node.port);
     }
     await new Promise((r) => setTimeout(r, 300));
@@ -497,12 +504,17 @@ async function clusterRun(runtime: Runtime, scenario: 'cluster-pairs' | 'cluster
     });
     const row = rowOf(base, o, true);
     if (redis) row.redisPerDelivery = commands / o.result.count;
+    if (kind === 'cluster' && o.serverCpuEach) {
+      const [a, b, r] = o.serverCpuEach.map((cpu) => fmtPct(cpu));
+      process.stderr.write(`  CPU: producers' node ${a}, consumers' node ${b}, Redis ${r}\n`);
+    }
     return row;
   } catch (err) {
     return { ...base, ok: false, error: String((err as Error).message ?? err).slice(0, 2000) };
   } finally {
     for (const node of started) await stopServer(node);
     redis?.proc.kill('SIGKILL');
+    for (const prof of profiles) if (prof) printProfile(prof);
   }
 }
 

@@ -138,6 +138,13 @@ interface Gate {
 class Peer {
   frames: (string | Uint8Array)[] = [];
   seqs: number[] = [];
+  /**
+   * The wire sizes of the first frames waiting here, and their sum: measured
+   * when the hub first looks at what waits, then kept as frames leave, so
+   * frames waiting through many flushes (behind a cluster gate) are measured once.
+   */
+  sizes: number[] = [];
+  sizedBytes = 0;
   queued = false;
   /** Frames written while the transport was behind, oldest first, with their total size. */
   held: Pending[] = [];
@@ -543,6 +550,8 @@ export class Hub {
     peer.dequeued += peer.frames.length;
     peer.frames = [];
     peer.seqs = [];
+    peer.sizes = [];
+    peer.sizedBytes = 0;
     peer.gates = [];
     this.gated.delete(peer);
   }
@@ -653,12 +662,18 @@ export class Hub {
     this.guard(peer, 'send', () => peer.socket.send(frames));
     peer.held = [];
     peer.heldBytes = 0;
+    const sizes = peer.sizes;
     if (peer.socket.buffered() > 0) {
       for (let i = 0; i < frames.length; i++) {
-        const size = wireSize(frames[i]!);
+        const size = i < sizes.length ? sizes[i]! : wireSize(frames[i]!);
         peer.held.push({ s: seqs[i]!, size });
         peer.heldBytes += size;
       }
+    }
+    if (sizes.length > 0) {
+      const sized = Math.min(ready, sizes.length);
+      for (let i = 0; i < sized; i++) peer.sizedBytes -= sizes[i]!;
+      peer.sizes = sized === sizes.length ? [] : sizes.slice(sized);
     }
     peer.frames = whole ? [] : peer.frames.slice(ready);
     peer.seqs = whole ? [] : peer.seqs.slice(ready);
@@ -696,11 +711,18 @@ export class Hub {
         peer.held = peer.held.slice(drop);
       }
     }
-    let waiting = 0;
+    for (let i = peer.sizes.length; i < peer.frames.length; i++) {
+      const size = wireSize(peer.frames[i]!);
+      peer.sizes.push(size);
+      peer.sizedBytes += size;
+    }
+    const waiting = peer.sizedBytes;
     let queuedFrom = Infinity;
-    for (let i = 0; i < peer.frames.length; i++) {
-      waiting += wireSize(peer.frames[i]!);
-      if (queuedFrom === Infinity && peer.seqs[i]! > 0) queuedFrom = peer.seqs[i]!;
+    for (let i = 0; i < peer.seqs.length; i++) {
+      if (peer.seqs[i]! > 0) {
+        queuedFrom = peer.seqs[i]!;
+        break;
+      }
     }
     let from = queuedFrom;
     for (const pending of peer.held) {

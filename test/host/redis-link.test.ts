@@ -11,7 +11,7 @@ import { DEFAULT_LIMITS, type CoreConfig, type Input } from '../../src/core/io.t
 import type { Changeset, Stored } from '../../src/core/persist.ts';
 import { ClusterLink } from '../../src/host/cluster/link.ts';
 import { ClusterKeys } from '../../src/host/cluster/keys.ts';
-import { changesetCommands, claimCommand, cursorsCommand, loadNamespace, xaddCommand } from '../../src/host/cluster/namespace.ts';
+import { changesetCommands, claimCommand, cursorsCommand, loadNamespace, messageLines, xaddCommand } from '../../src/host/cluster/namespace.ts';
 import { connectRedis, type RedisPort } from '../../src/host/cluster/redis.ts';
 import { ConfigError } from '../../src/host/config.ts';
 import { createHttpApp } from '../../src/host/http.ts';
@@ -411,13 +411,13 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     const msg = { e: 'E', d: 1, from: { app_name: 'web', client_id: 'w1' }, to: { app_name: 'api', mode: 'one' as const } };
     const handled: NodeMessage = { t: 'down', app: 'x', id: 'handled', node: 'nerve-other1' };
     const unread: NodeMessage = { t: 'down', app: 'x', id: 'unread', node: 'nerve-other1' };
-    const handledId = await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', JSON.stringify([handled])));
-    await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', JSON.stringify([unread])));
+    const handledId = await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', [messageLines(handled)]));
+    await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', [messageLines(unread)]));
     // A node the dead one had adopted, whose inbox it was still reading.
     const grand = 'nerve-grand1';
-    const grandHandled = await admin.command(xaddCommand(keys.inbox(grand), 'nerve-other1', JSON.stringify([{ ...handled, id: 'grand-handled' }])));
+    const grandHandled = await admin.command(xaddCommand(keys.inbox(grand), 'nerve-other1', [messageLines({ ...handled, id: 'grand-handled' })]));
     const grandUnread: NodeMessage = { t: 'down', app: 'x', id: 'grand-unread', node: 'nerve-other1' };
-    await admin.command(xaddCommand(keys.inbox(grand), 'nerve-other1', JSON.stringify([grandUnread])));
+    await admin.command(xaddCommand(keys.inbox(grand), 'nerve-other1', [messageLines(grandUnread)]));
     const state: Changeset = {
       dropSessions: [],
       droppedReplay: [],
@@ -459,7 +459,7 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
 
     // Its inbox is still read for a while: a node that had not noticed yet relays there.
     const late: NodeMessage = { t: 'down', app: 'x', id: 'late', node: 'nerve-other1' };
-    await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', JSON.stringify([late])));
+    await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', [messageLines(late)]));
     await until(() => ofType(a.inputs, 'node').some((node) => node.msgs.some((m) => m.t === 'down' && m.id === 'late')), 'the late relay');
     // Once the adopter stored it, it is reaped: its state and its place in the node list go; the inboxes it read are the adopter's to read, with their cursors.
     await until(() => redis.cli('EXISTS', deadKeys.sessions) === '0', 'its state to be deleted');

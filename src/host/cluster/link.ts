@@ -22,6 +22,7 @@ import {
   cursorsCommand,
   forgetCursorsCommand,
   loadNamespace,
+  messageLines,
   parseEntries,
   parseXread,
   readRange,
@@ -545,7 +546,7 @@ export class ClusterLink implements HubCluster {
 
     const stateWrite = stateCommands.length > 0 ? this.command.transaction(stateCommands) : Promise.resolve([]);
     const claimed = claims.map((claim) => this.command.command(claimCommand(this.keys.owners(claim.app), claim.client, claim.node, claim.expected)));
-    const appended = groups.map((group) => this.command.command(xaddCommand(group.stream, this.self, group.json)));
+    const appended = groups.map((group) => this.command.command(xaddCommand(group.stream, this.self, group.lines)));
 
     const [stateResult, claimResults, appendResults] = await Promise.all([
       stateWrite.then(
@@ -589,24 +590,24 @@ export class ClusterLink implements HubCluster {
     else this.hub.stored(generation);
   }
 
-  /** Relays grouped by destination stream, in the order first seen, each group's messages as one JSON array. */
-  private relayGroups(relays: Relay[]): { stream: string; json: string; relays: Relay[] }[] {
-    const byStream = new Map<string, { msgs: string[]; relays: Relay[] }>();
+  /** Relays grouped by destination stream, in the order first seen, each group's messages as the lines of one entry. */
+  private relayGroups(relays: Relay[]): { stream: string; lines: string[]; relays: Relay[] }[] {
+    const byStream = new Map<string, { lines: string[]; relays: Relay[] }>();
     for (const relay of relays) {
       const stream = relay.to === undefined ? this.keys.bus : this.keys.inbox(relay.to);
-      let text: string;
+      let lines: string;
       try {
-        text = JSON.stringify(relay.msg);
+        lines = messageLines(relay.msg);
       } catch (error) {
         this.warn('cluster message cannot be sent: not JSON', { t: relay.msg.t, error: describeError(error) });
         continue;
       }
       let group = byStream.get(stream);
-      if (!group) byStream.set(stream, (group = { msgs: [], relays: [] }));
-      group.msgs.push(text);
+      if (!group) byStream.set(stream, (group = { lines: [], relays: [] }));
+      group.lines.push(lines);
       group.relays.push(relay);
     }
-    return [...byStream].map(([stream, group]) => ({ stream, json: `[${group.msgs.join(',')}]`, relays: group.relays }));
+    return [...byStream].map(([stream, group]) => ({ stream, lines: group.lines, relays: group.relays }));
   }
 
   // ── reading ──────────────────────────────────────────────────────────────
@@ -633,7 +634,8 @@ export class ClusterLink implements HubCluster {
       }
       // Read before the link changed: the cursors may have moved back since, so this is read again.
       if (epoch !== this.epoch || !this.up || this.stopping) continue;
-      const read = parseXread(reply);
+      const read = new Map<string, { entries: NodeEntry[]; bad: number }>();
+      for (const [stream, entries] of parseXread(reply)) read.set(stream, parseEntries(entries));
       // A node that just joined publishes at once: count it as live before routing to its sessions, not a scan later.
       if (this.fromUnknownNode(read)) {
         try {
@@ -647,17 +649,16 @@ export class ClusterLink implements HubCluster {
     }
   }
 
-  private fromUnknownNode(streams: Map<string, RedisReply>): boolean {
-    for (const reply of streams.values()) {
-      for (const entry of parseEntries(reply).entries) if (entry.from !== '' && !this.liveNodes.includes(entry.from)) return true;
+  private fromUnknownNode(streams: Map<string, { entries: NodeEntry[] }>): boolean {
+    for (const { entries } of streams.values()) {
+      for (const entry of entries) if (entry.from !== '' && !this.liveNodes.includes(entry.from)) return true;
     }
     return false;
   }
 
   /** Each entry is one `node` input, in stream order; the cursor moves past it whether or not it parsed. */
-  private feed(streams: Map<string, RedisReply>): void {
-    for (const [stream, reply] of streams) {
-      const { entries, bad } = parseEntries(reply);
+  private feed(streams: Map<string, { entries: NodeEntry[]; bad: number }>): void {
+    for (const [stream, { entries, bad }] of streams) {
       if (bad > 0) this.warn('cluster stream entries skipped: not node messages', { stream, count: bad });
       const inherited = stream === this.own.inbox || stream === this.keys.bus ? undefined : this.inheritedBy(stream);
       for (const entry of entries) {

@@ -217,8 +217,23 @@ export function compareIds(a: string, b: string): number {
   return aMs !== bMs ? aMs - bMs : aSeq - bSeq;
 }
 
-export function xaddCommand(stream: string, from: string, msgs: string): string[] {
-  return ['XADD', stream, 'MAXLEN', '~', String(STREAM_MAX_LENGTH), '*', 'from', from, 'msgs', msgs];
+/**
+ * One node message as lines of an entry's `msgs` field: `m` and its JSON,
+ * then, for an event, `h` and its frame head as is. The head is JSON text
+ * already: inside the message's JSON it would be escaped here and unescaped
+ * by every reader. JSON.stringify never writes a raw line break, and a head
+ * is its output; one that has a line break anyway stays inside the JSON.
+ */
+export function messageLines(msg: NodeMessage): string {
+  const record = (msg as { msg?: { h?: unknown } }).msg;
+  if (record === undefined || typeof record.h !== 'string' || record.h.includes('\n')) return `m${JSON.stringify(msg)}`;
+  const { h, ...rest } = record;
+  return `m${JSON.stringify({ ...msg, msg: rest })}\nh${h}`;
+}
+
+/** One stream entry: the sending node, and its messages in order, each as messageLines made it, one field for all (one RESP string to write and read). */
+export function xaddCommand(stream: string, from: string, lines: readonly string[]): string[] {
+  return ['XADD', stream, 'MAXLEN', '~', String(STREAM_MAX_LENGTH), '*', 'from', from, 'msgs', lines.join('\n')];
 }
 
 /**
@@ -237,21 +252,37 @@ export function parseEntries(reply: RedisReply): { entries: NodeEntry[]; bad: nu
     let msgs: NodeMessage[] | undefined;
     for (const [field, value] of pairs(item[1] ?? null)) {
       if (field === 'from') from = value;
-      else if (field === 'msgs') {
-        try {
-          const parsed: unknown = JSON.parse(value);
-          if (Array.isArray(parsed)) msgs = parsed.filter((msg): msg is NodeMessage => typeof msg === 'object' && msg !== null && typeof (msg as { t?: unknown }).t === 'string');
-        } catch {
-          msgs = undefined;
-        }
-      }
+      else if (field === 'msgs') msgs = parseLines(value);
     }
-    if (from === undefined || msgs === undefined) {
+    if (from === undefined || msgs === undefined || msgs.length === 0) {
       bad++;
       entries.push({ id, from: '', msgs: [] });
     } else entries.push({ id, from, msgs });
   }
   return { entries, bad };
+}
+
+/** The messages of an entry's `msgs` field (see messageLines); undefined if any line is not one. */
+function parseLines(text: string): NodeMessage[] | undefined {
+  const msgs: NodeMessage[] = [];
+  let start = 0;
+  while (start < text.length) {
+    let end = text.indexOf('\n', start);
+    if (end < 0) end = text.length;
+    const kind = text.charCodeAt(start);
+    if (kind === 109 /* m */) {
+      const msg = parseObject(text.slice(start + 1, end));
+      if (msg === undefined || typeof msg.t !== 'string') return undefined;
+      msgs.push(msg as NodeMessage);
+    } else if (kind === 104 /* h */) {
+      // The frame head of the event just before it.
+      const record = (msgs.at(-1) as { msg?: unknown } | undefined)?.msg;
+      if (typeof record !== 'object' || record === null) return undefined;
+      (record as { h?: string }).h = text.slice(start + 1, end);
+    } else return undefined;
+    start = end + 1;
+  }
+  return msgs;
 }
 
 /** An XREAD reply as entries per stream. */

@@ -1,0 +1,61 @@
+// How node messages become one stream entry and are read back: an event's
+// frame head travels as its own line, byte for byte, and an entry that is not
+// a node's message list is counted and skipped, never half-read.
+
+import { describe, expect, it } from 'vitest';
+import type { NodeMessage } from '../../src/core/cluster-messages.ts';
+import { messageLines, parseEntries, xaddCommand } from '../../src/host/cluster/namespace.ts';
+
+const head = '{"op":8,"e":"HELLO \\"you\\"","d":{"text":"naïve — ✓ \\u0000 \\n","n":[1,2]},"from":{"app_name":"web","client_id":"w1"}';
+const event: NodeMessage = {
+  t: 'event',
+  to: 'api\u0000a1',
+  hops: 0,
+  msg: { e: 'HELLO "you"', h: head, from: { app_name: 'web', client_id: 'w1' }, to: { app_name: 'api', client_id: 'a1' }, n: 'r-1' },
+};
+const all: NodeMessage = { t: 'all', msg: { e: 'TICK', h: '{"op":8,"e":"TICK","d":null,"from":{"app_name":"web","client_id":"w1"}', from: { app_name: 'web', client_id: 'w1' }, to: { app_name: 'api', mode: 'all' } } };
+const down: NodeMessage = { t: 'down', app: 'api', id: 'a2', node: 'nerve-a' };
+
+/** The field-value list XADD stores for these messages, as XREAD returns it. */
+function entryFields(msgs: NodeMessage[]): string[] {
+  return xaddCommand('stream', 'nerve-b', msgs.map(messageLines)).slice(6);
+}
+
+describe('cluster stream entries', () => {
+  it("carry an event's frame head as its own line, unescaped, and read every message back as it was", () => {
+    const fields = entryFields([event, down, all]);
+    expect(fields[3]!.split('\n')).toContain(`h${head}`);
+    expect(fields[3]!.split('naïve').length, 'the head is not escaped into the message JSON as well').toBe(2);
+    const { entries, bad } = parseEntries([['1-0', fields]]);
+    expect(bad).toBe(0);
+    expect(entries).toEqual([{ id: '1-0', from: 'nerve-b', msgs: [event, down, all] }]);
+  });
+
+  it('keeps a head with a raw line break inside the message JSON', () => {
+    const odd: NodeMessage = { ...event, msg: { ...event.msg, h: '{"op":8,\n"e":"X"' } } as NodeMessage;
+    const { entries } = parseEntries([['1-0', entryFields([odd, down])]]);
+    expect(entries[0]!.msgs).toEqual([odd, down]);
+  });
+
+  it('skips an entry with no sender, no messages, a line that is not a message, or a head with no event before it', () => {
+    const reply = [
+      ['1-0', ['msgs', messageLines(down)]],
+      ['2-0', ['from', 'nerve-b']],
+      ['3-0', ['from', 'nerve-b', 'msgs', 'm{not json']],
+      ['4-0', ['from', 'nerve-b', 'msgs', `h${head}\n${messageLines(down)}`]],
+      ['5-0', ['from', 'nerve-b', 'msgs', `${messageLines(down)}\nx`]],
+      ['6-0', entryFields([down])],
+    ];
+    const { entries, bad } = parseEntries(reply);
+    expect(bad).toBe(5);
+    // The cursor still moves past each of them: their ids are kept, with nothing to deliver.
+    expect(entries.map((entry) => [entry.id, entry.msgs.length])).toEqual([
+      ['1-0', 0],
+      ['2-0', 0],
+      ['3-0', 0],
+      ['4-0', 0],
+      ['5-0', 0],
+      ['6-0', 1],
+    ]);
+  });
+});
