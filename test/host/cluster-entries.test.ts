@@ -15,6 +15,8 @@ const event: NodeMessage = {
 };
 const all: NodeMessage = { t: 'all', msg: { e: 'TICK', h: '{"op":8,"e":"TICK","d":null,"from":{"app_name":"web","client_id":"w1"}', from: { app_name: 'web', client_id: 'w1' }, to: { app_name: 'api', mode: 'all' } } };
 const down: NodeMessage = { t: 'down', app: 'api', id: 'a2', node: 'nerve-a' };
+/** From an HTTP dispatch: no sender session, no nonce. */
+const fromHttp: NodeMessage = { t: 'event', to: 'api\u0000a3', hops: 1, msg: { e: 'PING', h: '{"op":8,"e":"PING","d":1,"from":{"app_name":"http"}', from: { app_name: 'http' }, to: { app_name: 'api', mode: 'one', query: { region: { $in: ['eu', 'us'] } } } } };
 
 /** The field-value list XADD stores for these messages, as XREAD returns it. */
 function entryFields(msgs: NodeMessage[]): string[] {
@@ -23,12 +25,12 @@ function entryFields(msgs: NodeMessage[]): string[] {
 
 describe('cluster stream entries', () => {
   it("carry an event's frame head as its own line, unescaped, and read every message back as it was", () => {
-    const fields = entryFields([event, down, all]);
+    const fields = entryFields([event, down, all, fromHttp]);
     expect(fields[3]!.split('\n')).toContain(`h${head}`);
     expect(fields[3]!.split('naïve').length, 'the head is not escaped into the message JSON as well').toBe(2);
     const { entries, bad } = parseEntries([['1-0', fields]]);
     expect(bad).toBe(0);
-    expect(entries).toEqual([{ id: '1-0', from: 'nerve-b', msgs: [event, down, all] }]);
+    expect(entries).toEqual([{ id: '1-0', from: 'nerve-b', msgs: [event, down, all, fromHttp] }]);
   });
 
   it('keeps a head with a raw line break inside the message JSON', () => {
@@ -37,17 +39,20 @@ describe('cluster stream entries', () => {
     expect(entries[0]!.msgs).toEqual([odd, down]);
   });
 
-  it('skips an entry with no sender, no messages, a line that is not a message, or a head with no event before it', () => {
+  it('skips an entry with no sender, no messages, a line that is not a message, a head with no event before it, or an event without its head', () => {
     const reply = [
       ['1-0', ['msgs', messageLines(down)]],
       ['2-0', ['from', 'nerve-b']],
       ['3-0', ['from', 'nerve-b', 'msgs', 'm{not json']],
       ['4-0', ['from', 'nerve-b', 'msgs', `h${head}\n${messageLines(down)}`]],
       ['5-0', ['from', 'nerve-b', 'msgs', `${messageLines(down)}\nx`]],
-      ['6-0', entryFields([down])],
+      ['6-0', ['from', 'nerve-b', 'msgs', `e["api\u0000a1",0,"E",{"app_name":"web"},{"app_name":"api"},7,null]\nh${head}`]],
+      ['7-0', ['from', 'nerve-b', 'msgs', `a{"e":"E"}\nh${head}`]],
+      ['8-0', ['from', 'nerve-b', 'msgs', messageLines(event).split('\n')[0]!]],
+      ['9-0', entryFields([down])],
     ];
     const { entries, bad } = parseEntries(reply);
-    expect(bad).toBe(5);
+    expect(bad).toBe(8);
     // The cursor still moves past each of them: their ids are kept, with nothing to deliver.
     expect(entries.map((entry) => [entry.id, entry.msgs.length])).toEqual([
       ['1-0', 0],
@@ -55,7 +60,10 @@ describe('cluster stream entries', () => {
       ['3-0', 0],
       ['4-0', 0],
       ['5-0', 0],
-      ['6-0', 1],
+      ['6-0', 0],
+      ['7-0', 0],
+      ['8-0', 0],
+      ['9-0', 1],
     ]);
   });
 });

@@ -5,6 +5,7 @@
 
 import type { NodeMessage } from '../../core/cluster-messages.ts';
 import type { AppRecord, Changeset, HeldRecord, MetaRecord, ReplayRecord, RoutedRecord, SessionRecord, Stored } from '../../core/persist.ts';
+import type { Sender, Target } from '../../core/protocol.ts';
 import type { NodeKeys } from './keys.ts';
 import type { RedisPort, RedisReply } from './redis.ts';
 
@@ -218,17 +219,42 @@ export function compareIds(a: string, b: string): number {
 }
 
 /**
- * One node message as lines of an entry's `msgs` field: `m` and its JSON,
- * then, for an event, `h` and its frame head as is. The head is JSON text
- * already: inside the message's JSON it would be escaped here and unescaped
- * by every reader. JSON.stringify never writes a raw line break, and a head
- * is its output; one that has a line break anyway stays inside the JSON.
+ * One node message as lines of an entry's `msgs` field. Events, the bulk of
+ * the traffic, are two lines: `e` (directed) or `a` (mode all) and a JSON
+ * array of what routing needs, then `h` and the frame head as is. The head is
+ * JSON text already: inside the message's JSON it would be escaped here and
+ * unescaped by every reader; an array parses faster than an object with its
+ * keys. Any other message (and an event whose head has a line break, which
+ * JSON.stringify never writes) is one line: `m` and its JSON.
  */
 export function messageLines(msg: NodeMessage): string {
-  const record = (msg as { msg?: { h?: unknown } }).msg;
-  if (record === undefined || typeof record.h !== 'string' || record.h.includes('\n')) return `m${JSON.stringify(msg)}`;
-  const { h, ...rest } = record;
-  return `m${JSON.stringify({ ...msg, msg: rest })}\nh${h}`;
+  if (msg.t !== 'event' && msg.t !== 'all') return `m${JSON.stringify(msg)}`;
+  const r = msg.msg;
+  if (r.h === undefined || r.h.includes('\n')) return `m${JSON.stringify(msg)}`;
+  const routing = [r.e, r.from, r.to, r.sk ?? null, r.n ?? null];
+  return msg.t === 'event' ? `e${JSON.stringify([msg.to, msg.hops, ...routing])}\nh${r.h}` : `a${JSON.stringify(routing)}\nh${r.h}`;
+}
+
+/** An `e` or `a` line's array back as the message (its head comes on the next line), or undefined if it is not one. */
+function eventFromLine(kind: 'event' | 'all', text: string): NodeMessage | undefined {
+  let fields: unknown;
+  try {
+    fields = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(fields)) return undefined;
+  const at = kind === 'event' ? 2 : 0;
+  const [e, from, to, sk, n] = fields.slice(at) as unknown[];
+  const isObject = (value: unknown) => typeof value === 'object' && value !== null && !Array.isArray(value);
+  if (typeof e !== 'string' || !isObject(from) || !isObject(to) || (sk !== null && typeof sk !== 'string') || (n !== null && typeof n !== 'string')) return undefined;
+  const record: RoutedRecord = { e, from: from as Sender, to: to as Target };
+  if (sk !== null) record.sk = sk as string;
+  if (n !== null) record.n = n as string;
+  if (kind === 'all') return { t: 'all', msg: record };
+  const [session, hops] = fields;
+  if (typeof session !== 'string' || typeof hops !== 'number') return undefined;
+  return { t: 'event', to: session, msg: record, hops };
 }
 
 /** One stream entry: the sending node, and its messages in order, each as messageLines made it, one field for all (one RESP string to write and read). */
@@ -265,24 +291,31 @@ export function parseEntries(reply: RedisReply): { entries: NodeEntry[]; bad: nu
 /** The messages of an entry's `msgs` field (see messageLines); undefined if any line is not one. */
 function parseLines(text: string): NodeMessage[] | undefined {
   const msgs: NodeMessage[] = [];
+  /** The event of the line before, which waits for its head on this line. */
+  let headless: RoutedRecord | undefined;
   let start = 0;
   while (start < text.length) {
     let end = text.indexOf('\n', start);
     if (end < 0) end = text.length;
     const kind = text.charCodeAt(start);
-    if (kind === 109 /* m */) {
+    if (kind === 104 /* h */) {
+      if (headless === undefined) return undefined;
+      headless.h = text.slice(start + 1, end);
+      headless = undefined;
+    } else if (headless !== undefined) return undefined;
+    else if (kind === 101 /* e */ || kind === 97 /* a */) {
+      const msg = eventFromLine(kind === 101 ? 'event' : 'all', text.slice(start + 1, end));
+      if (msg === undefined) return undefined;
+      msgs.push(msg);
+      headless = (msg as { msg: RoutedRecord }).msg;
+    } else if (kind === 109 /* m */) {
       const msg = parseObject(text.slice(start + 1, end));
       if (msg === undefined || typeof msg.t !== 'string') return undefined;
       msgs.push(msg as NodeMessage);
-    } else if (kind === 104 /* h */) {
-      // The frame head of the event just before it.
-      const record = (msgs.at(-1) as { msg?: unknown } | undefined)?.msg;
-      if (typeof record !== 'object' || record === null) return undefined;
-      (record as { h?: string }).h = text.slice(start + 1, end);
     } else return undefined;
     start = end + 1;
   }
-  return msgs;
+  return headless === undefined ? msgs : undefined;
 }
 
 /** An XREAD reply as entries per stream. */
