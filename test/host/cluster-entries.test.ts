@@ -15,6 +15,11 @@ const event: NodeMessage = {
 };
 const all: NodeMessage = { t: 'all', msg: { e: 'TICK', h: '{"op":8,"e":"TICK","d":null,"from":{"app_name":"web","client_id":"w1"}', from: { app_name: 'web', client_id: 'w1' }, to: { app_name: 'api', mode: 'all' } } };
 const down: NodeMessage = { t: 'down', app: 'api', id: 'a2', node: 'nerve-a' };
+/** From a session to a session by client_id: sender and target are made again from the two session keys. */
+const between: NodeMessage = { t: 'event', to: 'api\u0000a1', hops: 0, msg: { e: 'E', h: '{"op":8,"e":"E","d":2,"from":{"app_name":"web","client_id":"w1"}', from: { app_name: 'web', client_id: 'w1' }, sk: 'web\u0000w1', to: { app_name: 'api', client_id: 'a1' } } };
+/** A target naming more than the session (a key), and a mode-all event from a session. */
+const keyed: NodeMessage = { ...between, msg: { ...between.msg, to: { app_name: 'api', client_id: 'a1', key: 'k' } } } as NodeMessage;
+const allFromSession: NodeMessage = { t: 'all', msg: { ...all.msg, sk: 'web\u0000w1' } };
 /** From an HTTP dispatch: no sender session, no nonce. */
 const fromHttp: NodeMessage = { t: 'event', to: 'api\u0000a3', hops: 1, msg: { e: 'PING', h: '{"op":8,"e":"PING","d":1,"from":{"app_name":"http"}', from: { app_name: 'http' }, to: { app_name: 'api', mode: 'one', query: { region: { $in: ['eu', 'us'] } } } } };
 
@@ -31,6 +36,15 @@ describe('cluster stream entries', () => {
     const { entries, bad } = parseEntries([['1-0', fields]]);
     expect(bad).toBe(0);
     expect(entries).toEqual([{ id: '1-0', from: 'nerve-b', msgs: [event, down, all, fromHttp] }]);
+  });
+
+  it('write a sender or target that is a session key as 0, and make it again exactly', () => {
+    const fields = entryFields([between, keyed, allFromSession]);
+    const lines = fields[3]!.split('\n');
+    expect(lines[0]).toBe('e["api\\u0000a1",0,"E",0,0,"web\\u0000w1",null]');
+    expect(lines[2]).toContain('{"app_name":"api","client_id":"a1","key":"k"}');
+    expect(lines[4]).toMatch(/^a\["TICK",0,/);
+    expect(parseEntries([['1-0', fields]]).entries[0]!.msgs).toEqual([between, keyed, allFromSession]);
   });
 
   it('keeps a head with a raw line break inside the message JSON', () => {

@@ -11,7 +11,7 @@ import { DEFAULT_LIMITS, type CoreConfig, type Input } from '../../src/core/io.t
 import type { Changeset, Stored } from '../../src/core/persist.ts';
 import { ClusterLink } from '../../src/host/cluster/link.ts';
 import { ClusterKeys } from '../../src/host/cluster/keys.ts';
-import { changesetCommands, claimCommand, cursorsCommand, loadNamespace, messageLines, xaddCommand } from '../../src/host/cluster/namespace.ts';
+import { changesetCommands, claimCommand, cursorsCommand, loadNamespace, messageLines, ReplayChunks, xaddCommand } from '../../src/host/cluster/namespace.ts';
 import { connectRedis, type RedisPort } from '../../src/host/cluster/redis.ts';
 import { ConfigError } from '../../src/host/config.ts';
 import { createHttpApp } from '../../src/host/http.ts';
@@ -212,7 +212,11 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
         { id: 2, app: 'api', exp: 600, msg },
       ],
     };
-    await admin.transaction([...changesetCommands(keys, first), cursorsCommand(keys, { inbox: '5-0', bus: '7-1' })]);
+    // One index of replay chunks across writes, as a link keeps it.
+    const chunks = new ReplayChunks();
+    await admin.transaction([...changesetCommands(keys, first, chunks), cursorsCommand(keys, { inbox: '5-0', bus: '7-1' })]);
+    // One field per session and write, not per row.
+    expect(await admin.command(['HLEN', keys.replay])).toBe(2);
     let loaded = await loadNamespace(admin, keys);
     const sort = (stored: Stored) => ({
       ...stored,
@@ -236,7 +240,9 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
       dropHeld: [1],
       held: [],
     };
-    await admin.transaction(changesetCommands(keys, second));
+    await admin.transaction(changesetCommands(keys, second, chunks));
+    // Session 2's chunk is gone; session 1 keeps its first chunk (row 3 is still buffered), the new one and its trim point.
+    expect(((await admin.command(['HKEYS', keys.replay])) as string[]).sort()).toEqual(['1:1-3', '1:4-4', '1:below']);
     // A row that is not a record is skipped, not thrown.
     await admin.command(['HSET', keys.held, '9', 'not json']);
     loaded = await loadNamespace(admin, keys);
@@ -248,6 +254,14 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
       held: [first.held[1]],
     });
     expect(loaded.skipped).toBe(1);
+
+    // A trim past a whole chunk deletes it; dropping the buffer deletes every chunk and the trim point.
+    const empty: Changeset = { dropSessions: [], droppedReplay: [], sessions: [], trimReplay: [], replay: [], dropApps: [], apps: [], dropHeld: [], held: [] };
+    await admin.transaction(changesetCommands(keys, { ...empty, trimReplay: [{ ord: 1, below: 4, from: 3 }] }, chunks));
+    expect(((await admin.command(['HKEYS', keys.replay])) as string[]).sort()).toEqual(['1:4-4', '1:below']);
+    expect((await loadNamespace(admin, keys)).stored.replay).toEqual([{ ord: 1, s: 4, text: '{"op":8,"s":4}' }]);
+    await admin.transaction(changesetCommands(keys, { ...empty, dropSessions: [1], droppedReplay: [{ ord: 1, first: 4, last: 4 }] }, chunks));
+    expect(await admin.command(['HLEN', keys.replay])).toBe(0);
   });
 
   it('stores the state of a session the core creates, with the stream cursors, and gives up its owner field when it ends', async () => {

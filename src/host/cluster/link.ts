@@ -16,6 +16,7 @@ import { fingerprint, firstDifference, newSalt, parseFingerprint, type Fingerpri
 import { ClusterKeys, stateKeys, type NodeKeys } from './keys.ts';
 import {
   changesetCommands,
+  ReplayChunks,
   claimCommand,
   claimOwner,
   compareIds,
@@ -103,6 +104,8 @@ export class ClusterLink implements HubCluster {
   private persister = new Persister();
   /** The next write replaces this node's whole stored state (at start, and after the link was down). */
   private rewriteAll = true;
+  /** Which replay chunks this node's namespace holds: reset with it at each rewrite. */
+  private readonly replayChunks = new ReplayChunks();
   private cursors: Cursors = { inbox: '0-0', bus: '0-0' };
   private writtenCursors = '';
   /** Adopted nodes no longer read, whose cursor fields the next write removes. */
@@ -538,8 +541,11 @@ export class ClusterLink implements HubCluster {
     this.claims = [];
 
     const stateCommands: string[][] = [];
-    if (rewrite) stateCommands.push(['DEL', ...stateKeys(this.own)]);
-    if (!isEmptyChangeset(changes)) stateCommands.push(...changesetCommands(this.own, changes));
+    if (rewrite) {
+      stateCommands.push(['DEL', ...stateKeys(this.own)]);
+      this.replayChunks.reset();
+    }
+    if (!isEmptyChangeset(changes)) stateCommands.push(...changesetCommands(this.own, changes, this.replayChunks));
     if (doneInboxes.length > 0 && !rewrite) stateCommands.push(forgetCursorsCommand(this.own, doneInboxes));
     if (rewrite || cursors !== this.writtenCursors) stateCommands.push(cursorsCommand(this.own, snapshot));
     const groups = this.relayGroups(relays);

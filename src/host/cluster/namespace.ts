@@ -33,8 +33,65 @@ const RANGE_PAGE = 1_000;
 /** The meta hash's field holding the MetaRecord; `inbox` and `bus` hold the cursors. */
 const META_RECORD = 'record';
 
-export function replayField(ord: number, s: number): string {
-  return `${ord}:${s}`;
+/**
+ * Where a namespace's replay rows are. Each write stores the new rows of a
+ * session as one field of the replay hash, `ord:first-last`, one line per
+ * row (`s`, a space, the row): a delivery is a line, not a field and a value
+ * of its own to send, store and delete. A trim deletes the chunks wholly
+ * below it and sets `ord:below`, which hides the rows of the chunk it falls
+ * inside until that chunk goes too; dropping a session's buffer deletes all
+ * its chunks. What this index knows is only what to delete: load reads rows
+ * from the hash alone. It starts empty with the hash (a write that deletes
+ * the namespace first resets it).
+ */
+export class ReplayChunks {
+  private readonly byOrd = new Map<number, { last: number; field: string }[]>();
+
+  reset(): void {
+    this.byOrd.clear();
+  }
+
+  /** The deletes (into `drops`) and puts (into `puts`) of `changes`' replay rows. */
+  plan(changes: Changeset, drops: string[], puts: string[]): void {
+    for (const range of changes.droppedReplay) {
+      for (const chunk of this.byOrd.get(range.ord) ?? []) drops.push(chunk.field);
+      drops.push(belowField(range.ord));
+      this.byOrd.delete(range.ord);
+    }
+    for (const trim of changes.trimReplay) {
+      const chunks = this.byOrd.get(trim.ord);
+      if (chunks) {
+        let gone = 0;
+        while (gone < chunks.length && chunks[gone]!.last < trim.below) drops.push(chunks[gone++]!.field);
+        if (gone > 0) chunks.splice(0, gone);
+      }
+      puts.push(belowField(trim.ord), String(trim.below));
+    }
+    const rows = changes.replay;
+    for (let i = 0; i < rows.length; ) {
+      const ord = rows[i]!.ord;
+      let end = i;
+      const lines: string[] = [];
+      // A row with a line break (never written by JSON.stringify, so never in practice) is a chunk of its own.
+      while (end < rows.length && rows[end]!.ord === ord) {
+        const line = `${rows[end]!.s} ${replayValue(rows[end]!)}`;
+        if (line.includes('\n') && lines.length > 0) break;
+        lines.push(line);
+        end++;
+        if (line.includes('\n')) break;
+      }
+      const field = `${ord}:${rows[i]!.s}-${rows[end - 1]!.s}`;
+      puts.push(field, lines.join('\n'));
+      let chunks = this.byOrd.get(ord);
+      if (!chunks) this.byOrd.set(ord, (chunks = []));
+      chunks.push({ last: rows[end - 1]!.s, field });
+      i = end;
+    }
+  }
+}
+
+function belowField(ord: number): string {
+  return `${ord}:below`;
 }
 
 function hdel(key: string, fields: string[], out: string[][]): void {
@@ -46,24 +103,18 @@ function hset(key: string, pairs: string[], out: string[][]): void {
   for (let i = 0; i < pairs.length; i += step) out.push(['HSET', key, ...pairs.slice(i, i + step)]);
 }
 
-function replayRange(ord: number, first: number, last: number): string[] {
-  const fields: string[] = [];
-  for (let s = first; s <= last; s++) fields.push(replayField(ord, s));
-  return fields;
-}
-
 /** The commands that apply `changes` to a namespace, deletes before puts as Changeset requires. */
-export function changesetCommands(keys: NodeKeys, changes: Changeset): string[][] {
+export function changesetCommands(keys: NodeKeys, changes: Changeset, chunks = new ReplayChunks()): string[][] {
   const out: string[][] = [];
   hdel(keys.sessions, changes.dropSessions.map(String), out);
   const dropped: string[] = [];
-  for (const range of changes.droppedReplay) dropped.push(...replayRange(range.ord, range.first, range.last));
-  for (const trim of changes.trimReplay) dropped.push(...replayRange(trim.ord, trim.from, trim.below - 1));
+  const replay: string[] = [];
+  chunks.plan(changes, dropped, replay);
   hdel(keys.replay, dropped, out);
   hdel(keys.apps, changes.dropApps, out);
   hdel(keys.held, changes.dropHeld.map(String), out);
   hset(keys.sessions, changes.sessions.flatMap((record) => [String(record.ord), JSON.stringify(record)]), out);
-  hset(keys.replay, changes.replay.flatMap((record) => [replayField(record.ord, record.s), replayValue(record)]), out);
+  hset(keys.replay, replay, out);
   hset(keys.apps, changes.apps.flatMap((record) => [record.name, String(record.cursor)]), out);
   hset(keys.held, changes.held.flatMap((record) => [String(record.id), JSON.stringify(record)]), out);
   if (changes.meta) out.push(['HSET', keys.meta, META_RECORD, JSON.stringify(changes.meta)]);
@@ -120,11 +171,20 @@ function replayValue(record: ReplayRecord): string {
   return record.text !== undefined ? `t${record.text}` : `m${JSON.stringify(record.msg)}`;
 }
 
-function replayRow(field: string, value: string): ReplayRecord | undefined {
-  const match = /^(\d+):(\d+)$/.exec(field);
-  if (!match) return undefined;
-  const ord = Number(match[1]);
-  const s = Number(match[2]);
+/** The rows of one chunk (see ReplayChunks); undefined if any line is not one. */
+function chunkRows(ord: number, single: boolean, value: string): ReplayRecord[] | undefined {
+  const rows: ReplayRecord[] = [];
+  for (const line of single ? [value] : value.split('\n')) {
+    const space = line.indexOf(' ');
+    const s = Number(line.slice(0, space));
+    const row = space > 0 && Number.isSafeInteger(s) ? replayRow(ord, s, line.slice(space + 1)) : undefined;
+    if (!row) return undefined;
+    rows.push(row);
+  }
+  return rows;
+}
+
+function replayRow(ord: number, s: number, value: string): ReplayRecord | undefined {
   if (value.startsWith('t')) return { ord, s, text: value.slice(1) };
   const msg = value.startsWith('m') ? parseObject(value.slice(1)) : undefined;
   return msg && isString(msg.e) && typeof msg.to === 'object' && msg.to !== null ? { ord, s, msg: msg as unknown as RoutedRecord } : undefined;
@@ -173,11 +233,21 @@ export async function loadNamespace(redis: RedisPort, keys: NodeKeys): Promise<L
     apps: [],
     held: parsed(held, heldOf),
   };
+  const below = new Map<number, number>();
+  const rows: ReplayRecord[] = [];
   for (const [field, value] of pairs(replay)) {
-    const row = replayRow(field, value);
-    if (row) stored.replay.push(row);
-    else skipped++;
+    const match = /^(\d+):(?:(\d+)-(\d+)|(below))$/.exec(field);
+    const ord = Number(match?.[1]);
+    if (match?.[4] !== undefined && /^\d+$/.test(value)) below.set(ord, Number(value));
+    else {
+      const chunk = match?.[2] !== undefined ? chunkRows(ord, match[2] === match[3], value) : undefined;
+      if (chunk) rows.push(...chunk);
+      else skipped++;
+    }
   }
+  // Rows a trim hid, in the chunk it fell inside: gone, not skipped.
+  for (const row of rows) if (row.s >= (below.get(row.ord) ?? 0)) stored.replay.push(row);
+  stored.replay.sort((a, b) => a.ord - b.ord || a.s - b.s);
   for (const [name, cursor] of pairs(apps)) {
     const value = Number(cursor);
     if (Number.isFinite(value)) stored.apps.push({ name, cursor: value } satisfies AppRecord);
@@ -224,15 +294,41 @@ export function compareIds(a: string, b: string): number {
  * array of what routing needs, then `h` and the frame head as is. The head is
  * JSON text already: inside the message's JSON it would be escaped here and
  * unescaped by every reader; an array parses faster than an object with its
- * keys. Any other message (and an event whose head has a line break, which
+ * keys. A sender that is the sender session's key, and a target that is the
+ * receiving session's key, are written as 0 and made again from the key.
+ * Any other message (and an event whose head has a line break, which
  * JSON.stringify never writes) is one line: `m` and its JSON.
  */
 export function messageLines(msg: NodeMessage): string {
   if (msg.t !== 'event' && msg.t !== 'all') return `m${JSON.stringify(msg)}`;
   const r = msg.msg;
   if (r.h === undefined || r.h.includes('\n')) return `m${JSON.stringify(msg)}`;
-  const routing = [r.e, r.from, r.to, r.sk ?? null, r.n ?? null];
-  return msg.t === 'event' ? `e${JSON.stringify([msg.to, msg.hops, ...routing])}\nh${r.h}` : `a${JSON.stringify(routing)}\nh${r.h}`;
+  const from = r.sk !== undefined && isKeyOf(r.from, r.sk) ? '0' : JSON.stringify(r.from);
+  const sk = r.sk === undefined ? 'null' : JSON.stringify(r.sk);
+  const n = r.n === undefined ? 'null' : JSON.stringify(r.n);
+  if (msg.t === 'all') return `a[${JSON.stringify(r.e)},${from},${JSON.stringify(r.to)},${sk},${n}]\nh${r.h}`;
+  const to = isKeyOf(r.to, msg.to) ? '0' : JSON.stringify(r.to);
+  return `e[${JSON.stringify(msg.to)},${msg.hops},${JSON.stringify(r.e)},${from},${to},${sk},${n}]\nh${r.h}`;
+}
+
+/** Whether `named` is exactly `{app_name, client_id}` of session `key`, so that it can be made again from the key. */
+function isKeyOf(named: { app_name: string; client_id?: string | undefined }, key: string): boolean {
+  const app = named.app_name;
+  return (
+    named.client_id !== undefined &&
+    key.length === app.length + 1 + named.client_id.length &&
+    key.startsWith(app) &&
+    key.charCodeAt(app.length) === 0 &&
+    key.endsWith(named.client_id) &&
+    !app.includes('\u0000') &&
+    Object.keys(named).length === 2
+  );
+}
+
+/** `{app_name, client_id}` of session `key`. */
+function namedBy(key: string): { app_name: string; client_id: string } {
+  const split = key.indexOf('\u0000');
+  return { app_name: key.slice(0, split), client_id: key.slice(split + 1) };
 }
 
 /** An `e` or `a` line's array back as the message (its head comes on the next line), or undefined if it is not one. */
@@ -245,16 +341,20 @@ function eventFromLine(kind: 'event' | 'all', text: string): NodeMessage | undef
   }
   if (!Array.isArray(fields)) return undefined;
   const at = kind === 'event' ? 2 : 0;
-  const [e, from, to, sk, n] = fields.slice(at) as unknown[];
+  const session: unknown = kind === 'event' ? fields[0] : undefined;
+  const hops: unknown = kind === 'event' ? fields[1] : undefined;
+  let [e, from, to, sk, n] = fields.slice(at) as unknown[];
   const isObject = (value: unknown) => typeof value === 'object' && value !== null && !Array.isArray(value);
+  const isKey = (value: unknown): value is string => typeof value === 'string' && value.includes('\u0000');
+  if (kind === 'event' && (typeof session !== 'string' || typeof hops !== 'number')) return undefined;
+  if (from === 0 && isKey(sk)) from = namedBy(sk);
+  if (to === 0 && isKey(session)) to = namedBy(session);
   if (typeof e !== 'string' || !isObject(from) || !isObject(to) || (sk !== null && typeof sk !== 'string') || (n !== null && typeof n !== 'string')) return undefined;
   const record: RoutedRecord = { e, from: from as Sender, to: to as Target };
   if (sk !== null) record.sk = sk as string;
   if (n !== null) record.n = n as string;
   if (kind === 'all') return { t: 'all', msg: record };
-  const [session, hops] = fields;
-  if (typeof session !== 'string' || typeof hops !== 'number') return undefined;
-  return { t: 'event', to: session, msg: record, hops };
+  return { t: 'event', to: session as string, msg: record, hops: hops as number };
 }
 
 /** One stream entry: the sending node, and its messages in order, each as messageLines made it, one field for all (one RESP string to write and read). */
