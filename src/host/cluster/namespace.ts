@@ -325,6 +325,14 @@ function isKeyOf(named: { app_name: string; client_id?: string | undefined }, ke
   );
 }
 
+function isObject(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function isKey(value: unknown): value is string {
+  return typeof value === 'string' && value.includes('\u0000');
+}
+
 /** `{app_name, client_id}` of session `key`. */
 function namedBy(key: string): { app_name: string; client_id: string } {
   const split = key.indexOf('\u0000');
@@ -343,9 +351,11 @@ function eventFromLine(kind: 'event' | 'all', text: string): NodeMessage | undef
   const at = kind === 'event' ? 2 : 0;
   const session: unknown = kind === 'event' ? fields[0] : undefined;
   const hops: unknown = kind === 'event' ? fields[1] : undefined;
-  let [e, from, to, sk, n] = fields.slice(at) as unknown[];
-  const isObject = (value: unknown) => typeof value === 'object' && value !== null && !Array.isArray(value);
-  const isKey = (value: unknown): value is string => typeof value === 'string' && value.includes('\u0000');
+  const e: unknown = fields[at];
+  let from: unknown = fields[at + 1];
+  let to: unknown = fields[at + 2];
+  const sk: unknown = fields[at + 3];
+  const n: unknown = fields[at + 4];
   if (kind === 'event' && (typeof session !== 'string' || typeof hops !== 'number')) return undefined;
   if (from === 0 && isKey(sk)) from = namedBy(sk);
   if (to === 0 && isKey(session)) to = namedBy(session);
