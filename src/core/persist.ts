@@ -202,7 +202,8 @@ export function replayRecords(session: Session, from = session.replayFirst): Rep
   const first = session.replayFirst;
   for (let s = Math.max(from, first); s < first + session.replay.length; s++) {
     const entry = session.replay.at(s - first);
-    rows.push(typeof entry === 'string' ? { ord: session.ordinal, s, text: entry } : { ord: session.ordinal, s, msg: routedRecord(entry) });
+    // An event kept whole (owed, or a fan-out shared by many buffers) is stored by its frame head: nothing to decode and encode again per row.
+    rows.push(typeof entry === 'string' ? { ord: session.ordinal, s, text: entry } : { ord: session.ordinal, s, msg: relayedRecord(entry) });
   }
   return rows;
 }
