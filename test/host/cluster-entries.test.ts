@@ -25,7 +25,7 @@ const fromHttp: NodeMessage = { t: 'event', to: 'api\u0000a3', hops: 1, msg: { e
 
 /** The field-value list XADD stores for these messages, as XREAD returns it. */
 function entryFields(msgs: NodeMessage[]): string[] {
-  return xaddCommand('stream', 'nerve-b', msgs.map(messageLines)).slice(6);
+  return xaddCommand('stream', 'nerve-b', msgs.map(messageLines).join('\n')).slice(6);
 }
 
 describe('cluster stream entries', () => {

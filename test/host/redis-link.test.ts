@@ -312,6 +312,32 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     await stopNode(b);
   });
 
+  it('delivers an inbox entry only after the bus entry it names: a mode-all event, then a directed one its sender sent after the ACK, arrive in that order', async () => {
+    const cluster = newCluster();
+    const a = await startNode(cluster, 'nerve-f00001');
+    const b = await startNode(cluster, 'nerve-f00002');
+    const keys = new ClusterKeys(cluster);
+    const socket = new FakeSocket();
+    const conn = b.hub.open(socket, { format: 'json', compression: 'none' });
+    b.hub.receive(conn, JSON.stringify({ op: 1, d: { app_name: 'api', client_id: 'c1', password: PASSWORD } }));
+    await until(() => socket.frames.some((frame) => frame.includes('"op":2')), 'the client to be welcomed');
+    const from = { app_name: 'web', client_id: 'w1' };
+    const head = (e: string) => `{"op":8,"e":"${e}","d":1,"from":{"app_name":"web","client_id":"w1"}`;
+    const all: NodeMessage = { t: 'all', msg: { e: 'FIRST', h: head('FIRST'), from, to: { app_name: 'api', mode: 'all' } } };
+    const directed: NodeMessage = { t: 'event', to: 'api\u0000c1', hops: 0, msg: { e: 'SECOND', h: head('SECOND'), from, to: { app_name: 'api', client_id: 'c1' } } };
+    // Both are on their streams when node B reads; the bus entry gets an id a little ahead, so B reads the inbox entry first.
+    const busId = `${Date.now() + 1_000}-0`;
+    await admin.command(xaddCommand(keys.inbox('nerve-f00002'), 'nerve-f00001', messageLines(directed), busId));
+    await sleep(300);
+    const events = () => socket.frames.filter((frame) => frame.includes('"op":8') && !frame.includes('NERVE_')).map((frame) => (JSON.parse(frame) as { e: string }).e);
+    expect(events(), 'the directed event waits for the bus entry it names').toEqual([]);
+    await admin.command(['XADD', keys.bus, busId, 'from', 'nerve-f00001', 'msgs', messageLines(all)]);
+    await until(() => events().length === 2, 'both events');
+    expect(events()).toEqual(['FIRST', 'SECOND']);
+    await stopNode(a);
+    await stopNode(b);
+  });
+
   it('a node that joins reads the bus from its start before it takes clients; /clients names each session\'s node', async () => {
     const cluster = newCluster();
     const a = await startNode(cluster, 'nerve-j00001');
@@ -425,13 +451,13 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
     const msg = { e: 'E', d: 1, from: { app_name: 'web', client_id: 'w1' }, to: { app_name: 'api', mode: 'one' as const } };
     const handled: NodeMessage = { t: 'down', app: 'x', id: 'handled', node: 'nerve-other1' };
     const unread: NodeMessage = { t: 'down', app: 'x', id: 'unread', node: 'nerve-other1' };
-    const handledId = await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', [messageLines(handled)]));
-    await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', [messageLines(unread)]));
+    const handledId = await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', messageLines(handled)));
+    await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', messageLines(unread)));
     // A node the dead one had adopted, whose inbox it was still reading.
     const grand = 'nerve-grand1';
-    const grandHandled = await admin.command(xaddCommand(keys.inbox(grand), 'nerve-other1', [messageLines({ ...handled, id: 'grand-handled' })]));
+    const grandHandled = await admin.command(xaddCommand(keys.inbox(grand), 'nerve-other1', messageLines({ ...handled, id: 'grand-handled' })));
     const grandUnread: NodeMessage = { t: 'down', app: 'x', id: 'grand-unread', node: 'nerve-other1' };
-    await admin.command(xaddCommand(keys.inbox(grand), 'nerve-other1', [messageLines(grandUnread)]));
+    await admin.command(xaddCommand(keys.inbox(grand), 'nerve-other1', messageLines(grandUnread)));
     const state: Changeset = {
       dropSessions: [],
       droppedReplay: [],
@@ -473,7 +499,7 @@ describe.skipIf(!REDIS_SERVER)('cluster link against redis-server', () => {
 
     // Its inbox is still read for a while: a node that had not noticed yet relays there.
     const late: NodeMessage = { t: 'down', app: 'x', id: 'late', node: 'nerve-other1' };
-    await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', [messageLines(late)]));
+    await admin.command(xaddCommand(deadKeys.inbox, 'nerve-other1', messageLines(late)));
     await until(() => ofType(a.inputs, 'node').some((node) => node.msgs.some((m) => m.t === 'down' && m.id === 'late')), 'the late relay');
     // Once the adopter stored it, it is reaped: its state and its place in the node list go; the inboxes it read are the adopter's to read, with their cursors.
     await until(() => redis.cli('EXISTS', deadKeys.sessions) === '0', 'its state to be deleted');

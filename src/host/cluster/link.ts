@@ -110,7 +110,10 @@ export class ClusterLink implements HubCluster {
   private writtenCursors = '';
   /** Adopted nodes no longer read, whose cursor fields the next write removes. */
   private forgottenInboxes = new Set<string>();
-  private relays: Relay[] = [];
+  /** Relays waiting for the next write, encoded, by destination stream. */
+  private outgoing = new Map<string, { lines: string[]; count: number }>();
+  /** The id of this node's last entry on the bus: its inbox entries come after it. */
+  private lastBusEntry: string | undefined;
   private claims: Claim[] = [];
   /** The write that will carry what is stepped from now on. */
   private generation = 1;
@@ -207,9 +210,28 @@ export class ClusterLink implements HubCluster {
   // ── what the hub asks ────────────────────────────────────────────────────
 
   collect(output: ClusterOutput): void {
-    if (output.type === 'relay') this.relays.push(output);
+    if (output.type === 'relay') this.queueRelay(output);
     else this.claims.push(output);
     this.scheduleTurn();
+  }
+
+  /**
+   * Encodes a relay into its destination's next entry at once: what waits
+   * for the write is a few strings per event, not the objects that made them.
+   */
+  private queueRelay(relay: Relay): void {
+    let lines: string;
+    try {
+      lines = messageLines(relay.msg);
+    } catch (error) {
+      this.warn('cluster message cannot be sent: not JSON', { t: relay.msg.t, error: describeError(error) });
+      return;
+    }
+    const stream = relay.to === undefined ? this.keys.bus : this.keys.inbox(relay.to);
+    let entry = this.outgoing.get(stream);
+    if (!entry) this.outgoing.set(stream, (entry = { lines: [], count: 0 }));
+    entry.lines.push(lines);
+    entry.count++;
   }
 
   stepped(): void {
@@ -489,7 +511,7 @@ export class ClusterLink implements HubCluster {
   private hasWork(): boolean {
     const marks = this.hub.state.changes;
     return (
-      this.relays.length > 0 ||
+      this.outgoing.size > 0 ||
       this.claims.length > 0 ||
       this.barrierAsked ||
       this.rewriteAll ||
@@ -535,10 +557,11 @@ export class ClusterLink implements HubCluster {
     const cursors = JSON.stringify(snapshot);
     const doneInboxes = [...this.forgottenInboxes];
     const rewrite = this.rewriteAll;
-    const relays = this.relays;
     const claims = this.claims;
-    this.relays = [];
     this.claims = [];
+    // One entry per destination: relays of this turn after any an earlier write failed to append.
+    const entries = [...this.outgoing].map(([stream, entry]) => ({ stream, payload: entry.lines.join('\n'), count: entry.count }));
+    this.outgoing = new Map();
 
     const stateCommands: string[][] = [];
     if (rewrite) {
@@ -548,11 +571,17 @@ export class ClusterLink implements HubCluster {
     if (!isEmptyChangeset(changes)) stateCommands.push(...changesetCommands(this.own, changes, this.replayChunks));
     if (doneInboxes.length > 0 && !rewrite) stateCommands.push(forgetCursorsCommand(this.own, doneInboxes));
     if (rewrite || cursors !== this.writtenCursors) stateCommands.push(cursorsCommand(this.own, snapshot));
-    const groups = this.relayGroups(relays);
 
     const stateWrite = stateCommands.length > 0 ? this.command.transaction(stateCommands) : Promise.resolve([]);
     const claimed = claims.map((claim) => this.command.command(claimCommand(this.keys.owners(claim.app), claim.client, claim.node, claim.expected)));
-    const appended = groups.map((group) => this.command.command(xaddCommand(group.stream, this.self, group.lines)));
+    // An inbox entry names the bus entry it comes after (NodeEntry.after): this write's, once appended, or the last one.
+    const busIndex = entries.findIndex((entry) => entry.stream === this.keys.bus);
+    const busAppend = busIndex < 0 ? undefined : this.command.command(xaddCommand(this.keys.bus, this.self, entries[busIndex]!.payload));
+    const appended = entries.map((entry, i) => {
+      if (i === busIndex) return busAppend!;
+      if (busAppend === undefined) return this.command.command(xaddCommand(entry.stream, this.self, entry.payload, this.lastBusEntry));
+      return busAppend.then((id) => this.command.command(xaddCommand(entry.stream, this.self, entry.payload, String(id))));
+    });
 
     const [stateResult, claimResults, appendResults] = await Promise.all([
       stateWrite.then(
@@ -580,40 +609,23 @@ export class ClusterLink implements HubCluster {
         failure ??= describeError(result.reason);
       } else if (claim.answer) answers.push({ key: sessionKey(claim.app, claim.client), owner: claimOwner(result.value) });
     });
-    const failedRelays: Relay[] = [];
     appendResults.forEach((result, i) => {
-      const group = groups[i]!;
-      if (result.status === 'fulfilled') this.relayed += group.relays.length;
+      const entry = entries[i]!;
+      if (result.status === 'fulfilled') {
+        this.relayed += entry.count;
+        if (i === busIndex) this.lastBusEntry = String(result.value);
+      }
       else {
-        failedRelays.push(...group.relays);
+        // Sent again ahead of what was relayed to the same node since, in one entry, so order holds.
+        const later = this.outgoing.get(entry.stream);
+        this.outgoing.set(entry.stream, later ? { lines: [entry.payload, ...later.lines], count: entry.count + later.count } : { lines: [entry.payload], count: entry.count });
         failure ??= describeError(result.reason);
       }
     });
     if (failedClaims.length > 0) this.claims = [...failedClaims, ...this.claims];
-    if (failedRelays.length > 0) this.relays = [...failedRelays, ...this.relays];
     for (const answer of answers) this.hub.fromCluster({ type: 'claimed', key: answer.key, owner: answer.owner });
     if (failure !== undefined) this.goDown(`a cluster write failed: ${failure}`);
     else this.hub.stored(generation);
-  }
-
-  /** Relays grouped by destination stream, in the order first seen, each group's messages as the lines of one entry. */
-  private relayGroups(relays: Relay[]): { stream: string; lines: string[]; relays: Relay[] }[] {
-    const byStream = new Map<string, { lines: string[]; relays: Relay[] }>();
-    for (const relay of relays) {
-      const stream = relay.to === undefined ? this.keys.bus : this.keys.inbox(relay.to);
-      let lines: string;
-      try {
-        lines = messageLines(relay.msg);
-      } catch (error) {
-        this.warn('cluster message cannot be sent: not JSON', { t: relay.msg.t, error: describeError(error) });
-        continue;
-      }
-      let group = byStream.get(stream);
-      if (!group) byStream.set(stream, (group = { lines: [], relays: [] }));
-      group.lines.push(lines);
-      group.relays.push(relay);
-    }
-    return [...byStream].map(([stream, group]) => ({ stream, lines: group.lines, relays: group.relays }));
   }
 
   // ── reading ──────────────────────────────────────────────────────────────
@@ -663,17 +675,36 @@ export class ClusterLink implements HubCluster {
   }
 
   /** Each entry is one `node` input, in stream order; the cursor moves past it whether or not it parsed. */
+  /**
+   * Inboxes first, each entry after the bus entries it was written after
+   * (NodeEntry.after): those of this read are delivered ahead of it, and an
+   * inbox waits at an entry whose bus entry this read did not reach (it is
+   * read again next time, the bus further on). Then the rest of the bus.
+   */
   private feed(streams: Map<string, { entries: NodeEntry[]; bad: number }>): void {
-    for (const [stream, { entries, bad }] of streams) {
-      if (bad > 0) this.warn('cluster stream entries skipped: not node messages', { stream, count: bad });
-      const inherited = stream === this.own.inbox || stream === this.keys.bus ? undefined : this.inheritedBy(stream);
+    for (const [stream, { bad }] of streams) if (bad > 0) this.warn('cluster stream entries skipped: not node messages', { stream, count: bad });
+    const bus = streams.get(this.keys.bus)?.entries ?? [];
+    let busAt = 0;
+    const busThrough = (id: string): boolean => {
+      while (busAt < bus.length && compareIds(bus[busAt]!.id, id) <= 0) this.deliverBus(bus[busAt++]!);
+      return compareIds(this.cursors.bus, id) >= 0;
+    };
+    for (const [stream, { entries }] of streams) {
+      if (stream === this.keys.bus) continue;
+      const inherited = stream === this.own.inbox ? undefined : this.inheritedBy(stream);
       for (const entry of entries) {
-        this.deliver(entry, stream === this.keys.bus);
+        if (entry.after !== undefined && !busThrough(entry.after)) break;
+        this.deliver(entry, false);
         if (stream === this.own.inbox) this.cursors.inbox = entry.id;
-        else if (stream === this.keys.bus) this.cursors.bus = entry.id;
         else if (inherited) inherited.cursor = entry.id;
       }
     }
+    while (busAt < bus.length) this.deliverBus(bus[busAt++]!);
+  }
+
+  private deliverBus(entry: NodeEntry): void {
+    this.deliver(entry, true);
+    this.cursors.bus = entry.id;
   }
 
   private inheritedBy(stream: string): Inherited | undefined {

@@ -275,6 +275,13 @@ export interface NodeEntry {
   id: string;
   from: string;
   msgs: NodeMessage[];
+  /**
+   * On an inbox entry: the sending node's last bus entry when it wrote this
+   * one. A client that saw the ACK of a mode-all event and then sent a
+   * directed one gets them in that order only if this entry waits for that
+   * bus entry.
+   */
+  after?: string;
 }
 
 export function isStreamId(value: string): boolean {
@@ -367,9 +374,11 @@ function eventFromLine(kind: 'event' | 'all', text: string): NodeMessage | undef
   return { t: 'event', to: session as string, msg: record, hops: hops as number };
 }
 
-/** One stream entry: the sending node, and its messages in order, each as messageLines made it, one field for all (one RESP string to write and read). */
-export function xaddCommand(stream: string, from: string, lines: readonly string[]): string[] {
-  return ['XADD', stream, 'MAXLEN', '~', String(STREAM_MAX_LENGTH), '*', 'from', from, 'msgs', lines.join('\n')];
+/** One stream entry: the sending node, and its messages in order as messageLines made them, joined by line breaks: one field for all (one RESP string to write and read). */
+export function xaddCommand(stream: string, from: string, lines: string, after?: string): string[] {
+  const command = ['XADD', stream, 'MAXLEN', '~', String(STREAM_MAX_LENGTH), '*', 'from', from, 'msgs', lines];
+  if (after !== undefined) command.push('after', after);
+  return command;
 }
 
 /**
@@ -386,14 +395,16 @@ export function parseEntries(reply: RedisReply): { entries: NodeEntry[]; bad: nu
     const id = item[0];
     let from: string | undefined;
     let msgs: NodeMessage[] | undefined;
+    let after: string | undefined;
     for (const [field, value] of pairs(item[1] ?? null)) {
       if (field === 'from') from = value;
       else if (field === 'msgs') msgs = parseLines(value);
+      else if (field === 'after' && isStreamId(value)) after = value;
     }
     if (from === undefined || msgs === undefined || msgs.length === 0) {
       bad++;
       entries.push({ id, from: '', msgs: [] });
-    } else entries.push({ id, from, msgs });
+    } else entries.push(after === undefined ? { id, from, msgs } : { id, from, msgs, after });
   }
   return { entries, bad };
 }
