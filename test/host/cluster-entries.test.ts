@@ -41,10 +41,16 @@ describe('cluster stream entries', () => {
   it('write a sender or target that is a session key as 0, and make it again exactly', () => {
     const fields = entryFields([between, keyed, allFromSession]);
     const lines = fields[3]!.split('\n');
-    expect(lines[0]).toBe('e["api\\u0000a1",0,"E",0,0,"web\\u0000w1",null]');
+    expect(lines[0]).toBe('eapi\u0000a1\t0\tE\t0\t0\t+web\u0000w1\t-');
     expect(lines[2]).toContain('{"app_name":"api","client_id":"a1","key":"k"}');
-    expect(lines[4]).toMatch(/^a\["TICK",0,/);
+    expect(lines[4]).toBe('aTICK\t0\t{"app_name":"api","mode":"all"}\t+web\u0000w1\t-');
     expect(parseEntries([['1-0', fields]]).entries[0]!.msgs).toEqual([between, keyed, allFromSession]);
+  });
+
+  it('sends an event with a tab or line break in a name as JSON, and reads it back as it was', () => {
+    const odd: NodeMessage = { t: 'event', to: 'api\u0000a\tb', hops: 0, msg: { e: 'E\nF', h: '{"op":8,"e":"E\\nF","d":1,"from":{"app_name":"web"}', from: { app_name: 'web' }, n: 'n\t1', to: { app_name: 'api', client_id: 'a\tb' } } };
+    expect(messageLines(odd).startsWith('m{')).toBe(true);
+    expect(parseEntries([['1-0', entryFields([odd, between])]]).entries[0]!.msgs).toEqual([odd, between]);
   });
 
   it('keeps a head with a raw line break inside the message JSON', () => {
@@ -60,8 +66,8 @@ describe('cluster stream entries', () => {
       ['3-0', ['from', 'nerve-b', 'msgs', 'm{not json']],
       ['4-0', ['from', 'nerve-b', 'msgs', `h${head}\n${messageLines(down)}`]],
       ['5-0', ['from', 'nerve-b', 'msgs', `${messageLines(down)}\nx`]],
-      ['6-0', ['from', 'nerve-b', 'msgs', `e["api\u0000a1",0,"E",{"app_name":"web"},{"app_name":"api"},7,null]\nh${head}`]],
-      ['7-0', ['from', 'nerve-b', 'msgs', `a{"e":"E"}\nh${head}`]],
+      ['6-0', ['from', 'nerve-b', 'msgs', `eapi\u0000a1\t0\tE\t{"app_name":"web"}\t{"app_name":"api"}\t7\t-\nh${head}`]],
+      ['7-0', ['from', 'nerve-b', 'msgs', `aE\t0\t{"app_name":"api"}\t-\nh${head}`]],
       ['8-0', ['from', 'nerve-b', 'msgs', messageLines(event).split('\n')[0]!]],
       ['9-0', entryFields([down])],
     ];

@@ -297,47 +297,51 @@ export function compareIds(a: string, b: string): number {
 
 /**
  * One node message as lines of an entry's `msgs` field. Events, the bulk of
- * the traffic, are two lines: `e` (directed) or `a` (mode all) and a JSON
- * array of what routing needs, then `h` and the frame head as is. The head is
- * JSON text already: inside the message's JSON it would be escaped here and
- * unescaped by every reader; an array parses faster than an object with its
- * keys. A sender that is the sender session's key, and a target that is the
- * receiving session's key, are written as 0 and made again from the key.
- * Any other message (and an event whose head has a line break, which
- * JSON.stringify never writes) is one line: `m` and its JSON.
+ * the traffic, are two lines: `e` (directed) or `a` (mode all) and what
+ * routing needs as tab-separated fields, then `h` and the frame head as is.
+ * The head is JSON text already: inside the message's JSON it would be
+ * escaped here and unescaped by every reader; names travel raw for the same
+ * reason (a session key's NUL would be `\u0000` in JSON, which every reader
+ * decodes the slow way). Fields: for `e`, the session, hops; then the event
+ * name, sender, target, sender key and nonce (`-` absent, `+` and the value
+ * present). A sender that is the sender session's key, and a target that is
+ * the receiving session's key, are `0`, made again from the key; any other is
+ * JSON. Any other message — and an event with a tab or line break in a name,
+ * or in its head (JSON.stringify writes neither raw) — is one line: `m` and
+ * its JSON.
  */
 export function messageLines(msg: NodeMessage): string {
   if (msg.t !== 'event' && msg.t !== 'all') return `m${JSON.stringify(msg)}`;
   const r = msg.msg;
-  if (r.h === undefined || r.h.includes('\n')) return `m${JSON.stringify(msg)}`;
+  if (r.h === undefined || r.h.includes('\n') || hasBreak(r.e) || (r.sk !== undefined && hasBreak(r.sk)) || (r.n !== undefined && hasBreak(r.n))) return `m${JSON.stringify(msg)}`;
   const from = r.sk !== undefined && isKeyOf(r.from, r.sk) ? '0' : JSON.stringify(r.from);
-  const sk = r.sk === undefined ? 'null' : JSON.stringify(r.sk);
-  const n = r.n === undefined ? 'null' : JSON.stringify(r.n);
-  if (msg.t === 'all') return `a[${JSON.stringify(r.e)},${from},${JSON.stringify(r.to)},${sk},${n}]\nh${r.h}`;
+  const tail = `${r.sk === undefined ? '-' : `+${r.sk}`}\t${r.n === undefined ? '-' : `+${r.n}`}\nh${r.h}`;
+  if (msg.t === 'all') return `a${r.e}\t${from}\t${JSON.stringify(r.to)}\t${tail}`;
+  if (hasBreak(msg.to)) return `m${JSON.stringify(msg)}`;
   const to = isKeyOf(r.to, msg.to) ? '0' : JSON.stringify(r.to);
-  return `e[${JSON.stringify(msg.to)},${msg.hops},${JSON.stringify(r.e)},${from},${to},${sk},${n}]\nh${r.h}`;
+  return `e${msg.to}\t${msg.hops}\t${r.e}\t${from}\t${to}\t${tail}`;
+}
+
+function hasBreak(text: string): boolean {
+  return text.includes('\t') || text.includes('\n');
 }
 
 /** Whether `named` is exactly `{app_name, client_id}` of session `key`, so that it can be made again from the key. */
 function isKeyOf(named: { app_name: string; client_id?: string | undefined }, key: string): boolean {
   const app = named.app_name;
-  return (
-    named.client_id !== undefined &&
-    key.length === app.length + 1 + named.client_id.length &&
-    key.startsWith(app) &&
-    key.charCodeAt(app.length) === 0 &&
-    key.endsWith(named.client_id) &&
-    !app.includes('\u0000') &&
-    Object.keys(named).length === 2
-  );
-}
-
-function isObject(value: unknown): boolean {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-function isKey(value: unknown): value is string {
-  return typeof value === 'string' && value.includes('\u0000');
+  if (
+    named.client_id === undefined ||
+    key.length !== app.length + 1 + named.client_id.length ||
+    !key.startsWith(app) ||
+    key.charCodeAt(app.length) !== 0 ||
+    !key.endsWith(named.client_id) ||
+    app.includes('\u0000')
+  ) {
+    return false;
+  }
+  let keys = 0;
+  for (const _ in named) keys++;
+  return keys === 2;
 }
 
 /** `{app_name, client_id}` of session `key`. */
@@ -346,32 +350,38 @@ function namedBy(key: string): { app_name: string; client_id: string } {
   return { app_name: key.slice(0, split), client_id: key.slice(split + 1) };
 }
 
-/** An `e` or `a` line's array back as the message (its head comes on the next line), or undefined if it is not one. */
+/** A `0` made again from `key`, or a JSON object; undefined if it is neither. */
+function namedField(field: string, key: string | undefined): object | undefined {
+  if (field === '0') return key !== undefined && key.includes('\u0000') ? namedBy(key) : undefined;
+  const value = parseObject(field);
+  return value;
+}
+
+/** `-` absent, `+value` present; null if the field is neither. */
+function optionalField(field: string): string | undefined | null {
+  if (field === '-') return undefined;
+  return field.startsWith('+') ? field.slice(1) : null;
+}
+
+/** An `e` or `a` line's fields back as the message (its head comes on the next line), or undefined if it is not one. */
 function eventFromLine(kind: 'event' | 'all', text: string): NodeMessage | undefined {
-  let fields: unknown;
-  try {
-    fields = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  if (!Array.isArray(fields)) return undefined;
+  const fields = text.split('\t');
+  if (fields.length !== (kind === 'event' ? 7 : 5)) return undefined;
   const at = kind === 'event' ? 2 : 0;
-  const session: unknown = kind === 'event' ? fields[0] : undefined;
-  const hops: unknown = kind === 'event' ? fields[1] : undefined;
-  const e: unknown = fields[at];
-  let from: unknown = fields[at + 1];
-  let to: unknown = fields[at + 2];
-  const sk: unknown = fields[at + 3];
-  const n: unknown = fields[at + 4];
-  if (kind === 'event' && (typeof session !== 'string' || typeof hops !== 'number')) return undefined;
-  if (from === 0 && isKey(sk)) from = namedBy(sk);
-  if (to === 0 && isKey(session)) to = namedBy(session);
-  if (typeof e !== 'string' || !isObject(from) || !isObject(to) || (sk !== null && typeof sk !== 'string') || (n !== null && typeof n !== 'string')) return undefined;
-  const record: RoutedRecord = { e, from: from as Sender, to: to as Target };
-  if (sk !== null) record.sk = sk as string;
-  if (n !== null) record.n = n as string;
+  const sk = optionalField(fields[at + 3]!);
+  const n = optionalField(fields[at + 4]!);
+  if (sk === null || n === null) return undefined;
+  const session = kind === 'event' ? fields[0]! : undefined;
+  const from = namedField(fields[at + 1]!, sk);
+  const to = namedField(fields[at + 2]!, session);
+  if (!from || !to) return undefined;
+  const record: RoutedRecord = { e: fields[at]!, from: from as Sender, to: to as Target };
+  if (sk !== undefined) record.sk = sk;
+  if (n !== undefined) record.n = n;
   if (kind === 'all') return { t: 'all', msg: record };
-  return { t: 'event', to: session as string, msg: record, hops: hops as number };
+  const hops = Number(fields[1]);
+  if (!/^\d+$/.test(fields[1]!) || !Number.isSafeInteger(hops)) return undefined;
+  return { t: 'event', to: session!, msg: record, hops };
 }
 
 /** One stream entry: the sending node, and its messages in order as messageLines made them, joined by line breaks: one field for all (one RESP string to write and read). */
