@@ -24,6 +24,33 @@ export async function timedHealth(server: RunningServer): Promise<{ ms: number; 
   return { ms: performance.now() - started, status: res.status, body };
 }
 
+/**
+ * Waits for `until`, asking /health once a second meanwhile, and returns its value with the moment
+ * it settled: no request to the server follows five idle seconds.
+ *
+ * `wrangler dev` (4.86.0) answers through a proxy workerd, which forwards each request to the
+ * Worker's workerd on a pooled connection it reuses for up to 5 s, while that workerd closes a
+ * connection after 5 s without a request (kj's defaults, both). A request forwarded as its
+ * connection closes fails ("Network connection lost."), and wrangler's ProxyWorker puts a failed GET
+ * whose path is not `/` in a retry queue that only the next request into the proxy empties: the GET
+ * hangs until one comes. Seen with no WebSocket at all, two GET /health 4.98 to 5.01 s apart (7 of
+ * 45 hung); a hung request reached the Worker only along with the next one, while the hub answered
+ * /health sent straight to the Worker's workerd within 3 ms. Other runtimes have no proxy.
+ */
+export async function askingHealth<T>(server: RunningServer, until: Promise<T>, every = 1_000): Promise<{ value: T; at: number }> {
+  const settled = until.then((value) => ({ value, at: performance.now() }));
+  for (;;) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const tick = new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), every);
+    });
+    const done = await Promise.race([settled, tick]);
+    clearTimeout(timer);
+    if (done) return done;
+    await timedHealth(server);
+  }
+}
+
 export interface Pair {
   requester: TestClient;
   responder: TestClient;
