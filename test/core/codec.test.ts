@@ -1,6 +1,6 @@
 // The frame codecs against what an attacker or another language's msgpack
 // library really sends: every extension type, bin, 64-bit integers, floats, odd
-// map keys, `__proto__`, absurd nesting and width timed in CPU ms, zlib bombs, round trips.
+// map keys, `__proto__`, absurd nesting and width timed in CPU ms, zlib bombs, round trips, and UTF-8 sizes.
 
 import { Decoder } from '@msgpack/msgpack';
 import fc from 'fast-check';
@@ -9,6 +9,7 @@ import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { checkDepth, DecodeError, decodeFrame, encodeFrame } from '../../src/core/codec.ts';
 import { DEFAULT_LIMITS } from '../../src/core/io.ts';
+import { utf8Length } from '../../src/core/protocol.ts';
 import { decodeMsgpack as decodeTrusted } from '../../src/core/msgpack.ts';
 import type { Wire } from '../../src/core/protocol.ts';
 
@@ -621,5 +622,19 @@ describe('ordinary frames round-trip, as plain msgpack any language reads', () =
     const wide: Record<string, number> = {};
     for (let i = 0; i < 70_000; i++) wide[`k${i}`] = i;
     expect(decodeFrame(encodeFrame({ op: 8, d: wide }, MSGPACK), MSGPACK, 4 * LIMIT)).toEqual({ op: 8, d: wide });
+  });
+});
+
+describe('UTF-8 sizes', () => {
+  it('utf8Length is the encoded size of any text, ASCII or not', () => {
+    const encoder = new TextEncoder();
+    fc.assert(
+      fc.property(fc.oneof(fc.string(), fc.string({ unit: 'grapheme' }), fc.string({ unit: 'binary' })), (text) => {
+        // Lone surrogates are not text the codecs produce; TextEncoder would count them as U+FFFD.
+        fc.pre(!/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.test(text));
+        expect(utf8Length(text)).toBe(encoder.encode(text).length);
+      }),
+      { numRuns: 500 },
+    );
   });
 });
