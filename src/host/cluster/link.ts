@@ -445,6 +445,8 @@ export class ClusterLink implements HubCluster {
     for (const name of state.apps.keys()) state.changes!.apps.add(name);
     this.rewriteAll = true;
     this.writtenCursors = '';
+    // A Redis that restarted empty numbers its bus afresh: an inbox entry must not wait for an id from before.
+    this.lastBusEntry = undefined;
   }
 
   private async renewLiveness(): Promise<void> {
