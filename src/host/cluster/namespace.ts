@@ -353,8 +353,7 @@ function namedBy(key: string): { app_name: string; client_id: string } {
 /** A `0` made again from `key`, or a JSON object; undefined if it is neither. */
 function namedField(field: string, key: string | undefined): object | undefined {
   if (field === '0') return key !== undefined && key.includes('\u0000') ? namedBy(key) : undefined;
-  const value = parseObject(field);
-  return value;
+  return parseObject(field);
 }
 
 /** `-` absent, `+value` present; null if the field is neither. */
