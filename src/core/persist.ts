@@ -166,10 +166,19 @@ export function relayedRecord(msg: Routed): RoutedRecord {
   return record;
 }
 
+/**
+ * An event as stored or relayed, routable again. Every head the core holds
+ * is free of raw line breaks, which lets a cluster entry carry heads as lines
+ * unchecked: JSON.stringify writes none, and a head read back that has one
+ * (only JSON whitespace could be one) has it made a space.
+ */
 export function routedFrom(record: RoutedRecord, config: CoreConfig): Routed {
   // The query compiled when the event was accepted, so it compiles again.
   const test = record.to.query === undefined ? undefined : compileQuery(record.to.query, config);
-  if (record.h !== undefined) return routedFromHead(record.e, record.h, { from: record.from, key: record.sk }, record.n, record.to, test);
+  if (record.h !== undefined) {
+    const head = record.h.includes('\n') ? record.h.replaceAll('\n', ' ') : record.h;
+    return routedFromHead(record.e, head, { from: record.from, key: record.sk }, record.n, record.to, test);
+  }
   const sender = { from: record.from, fromJson: JSON.stringify(record.from), key: record.sk };
   const msg = createRouted(record.e, record.d, sender, record.n, record.to, test);
   msg.d = undefined;

@@ -4,6 +4,8 @@
 
 import { describe, expect, it } from 'vitest';
 import type { NodeMessage } from '../../src/core/cluster-messages.ts';
+import { relayedRecord, routedFrom } from '../../src/core/persist.ts';
+import { DEFAULT_LIMITS } from '../../src/core/index.ts';
 import { messageLines, parseEntries, xaddCommand } from '../../src/host/cluster/namespace.ts';
 
 const head = '{"op":8,"e":"HELLO \\"you\\"","d":{"text":"naïve — ✓ \\u0000 \\n","n":[1,2]},"from":{"app_name":"web","client_id":"w1"}';
@@ -47,16 +49,27 @@ describe('cluster stream entries', () => {
     expect(parseEntries([['1-0', fields]]).entries[0]!.msgs).toEqual([between, keyed, allFromSession]);
   });
 
+  it('write a validated target, whose query, mode and key are undefined, as 0 too', () => {
+    const validated = { ...between, msg: { ...between.msg, to: { app_name: 'api', client_id: 'a1', query: undefined, mode: undefined, key: undefined } } } as NodeMessage;
+    expect(messageLines(validated).split('\n')[0]).toBe('eapi\u0000a1\t0\tE\t0\t0\t+web\u0000w1\t-');
+  });
+
   it('sends an event with a tab or line break in a name as JSON, and reads it back as it was', () => {
     const odd: NodeMessage = { t: 'event', to: 'api\u0000a\tb', hops: 0, msg: { e: 'E\nF', h: '{"op":8,"e":"E\\nF","d":1,"from":{"app_name":"web"}', from: { app_name: 'web' }, n: 'n\t1', to: { app_name: 'api', client_id: 'a\tb' } } };
     expect(messageLines(odd).startsWith('m{')).toBe(true);
     expect(parseEntries([['1-0', entryFields([odd, between])]]).entries[0]!.msgs).toEqual([odd, between]);
   });
 
-  it('keeps a head with a raw line break inside the message JSON', () => {
-    const odd: NodeMessage = { ...event, msg: { ...event.msg, h: '{"op":8,\n"e":"X"' } } as NodeMessage;
-    const { entries } = parseEntries([['1-0', entryFields([odd, down])]]);
-    expect(entries[0]!.msgs).toEqual([odd, down]);
+  it('carries a head read back with a raw line break (JSON whitespace) as a line, the break made a space', () => {
+    const stored = { ...event.msg, h: '{"op":8,\n"e":"HELLO",\n"d":{"a":"b"}' };
+    const routed = routedFrom(stored, { ...DEFAULT_LIMITS, worker: 'nerve-a', password: 'pw' });
+    const relayed: NodeMessage = { ...event, msg: relayedRecord(routed) } as NodeMessage;
+    const { entries, bad } = parseEntries([['1-0', entryFields([relayed, down])]]);
+    expect(bad).toBe(0);
+    expect(entries[0]!.msgs).toEqual([relayed, down]);
+    const head = (entries[0]!.msgs[0] as { msg: { h: string } }).msg.h;
+    expect(head).toBe('{"op":8, "e":"HELLO", "d":{"a":"b"}');
+    expect(JSON.parse(`${head}}`)).toEqual({ op: 8, e: 'HELLO', d: { a: 'b' } });
   });
 
   it('skips an entry with no sender, no messages, a line that is not a message, a head with no event before it, or an event without its head', () => {

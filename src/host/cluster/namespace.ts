@@ -306,14 +306,15 @@ export function compareIds(a: string, b: string): number {
  * name, sender, target, sender key and nonce (`-` absent, `+` and the value
  * present). A sender that is the sender session's key, and a target that is
  * the receiving session's key, are `0`, made again from the key; any other is
- * JSON. Any other message — and an event with a tab or line break in a name,
- * or in its head (JSON.stringify writes neither raw) — is one line: `m` and
- * its JSON.
+ * JSON. Any other message — and an event with a tab or line break in a name
+ * — is one line: `m` and its JSON. The head must have no raw line break,
+ * which every head the core makes holds to (routedFrom).
  */
 export function messageLines(msg: NodeMessage): string {
   if (msg.t !== 'event' && msg.t !== 'all') return `m${JSON.stringify(msg)}`;
   const r = msg.msg;
-  if (r.h === undefined || r.h.includes('\n') || hasBreak(r.e) || (r.sk !== undefined && hasBreak(r.sk)) || (r.n !== undefined && hasBreak(r.n))) return `m${JSON.stringify(msg)}`;
+  // A head has no raw line break (see routedFrom): looking would cost a copy of every head.
+  if (r.h === undefined || hasBreak(r.e) || (r.sk !== undefined && hasBreak(r.sk)) || (r.n !== undefined && hasBreak(r.n))) return `m${JSON.stringify(msg)}`;
   const from = r.sk !== undefined && isKeyOf(r.from, r.sk) ? '0' : JSON.stringify(r.from);
   const tail = `${r.sk === undefined ? '-' : `+${r.sk}`}\t${r.n === undefined ? '-' : `+${r.n}`}\nh${r.h}`;
   if (msg.t === 'all') return `a${r.e}\t${from}\t${JSON.stringify(r.to)}\t${tail}`;
@@ -326,7 +327,12 @@ function hasBreak(text: string): boolean {
   return text.includes('\t') || text.includes('\n');
 }
 
-/** Whether `named` is exactly `{app_name, client_id}` of session `key`, so that it can be made again from the key. */
+/**
+ * Whether `named` is, as JSON, exactly `{app_name, client_id}` of session
+ * `key`, so that it can be made again from the key. Keys whose value is
+ * undefined do not count: JSON leaves them out (a validated target has
+ * `query`, `mode` and `key` as undefined).
+ */
 function isKeyOf(named: { app_name: string; client_id?: string | undefined }, key: string): boolean {
   const app = named.app_name;
   if (
@@ -340,7 +346,7 @@ function isKeyOf(named: { app_name: string; client_id?: string | undefined }, ke
     return false;
   }
   let keys = 0;
-  for (const _ in named) keys++;
+  for (const name in named) if ((named as Record<string, unknown>)[name] !== undefined) keys++;
   return keys === 2;
 }
 
