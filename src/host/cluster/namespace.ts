@@ -350,43 +350,95 @@ function isKeyOf(named: { app_name: string; client_id?: string | undefined }, ke
   return keys === 2;
 }
 
-/** `{app_name, client_id}` of session `key`. */
+/**
+ * `{app_name, client_id}` of session `key`. The same few sessions send and
+ * receive most events, so the objects are kept and shared (nothing changes
+ * a sender or target once made); the cache starts over when it grows large.
+ */
 function namedBy(key: string): { app_name: string; client_id: string } {
-  const split = key.indexOf('\u0000');
-  return { app_name: key.slice(0, split), client_id: key.slice(split + 1) };
+  let named = namedByKey.get(key);
+  if (named === undefined) {
+    if (namedByKey.size >= NAMED_CACHE_SIZE) namedByKey.clear();
+    const split = key.indexOf('\u0000');
+    named = { app_name: key.slice(0, split), client_id: key.slice(split + 1) };
+    namedByKey.set(key, named);
+  }
+  return named;
+}
+const NAMED_CACHE_SIZE = 4_096;
+const namedByKey = new Map<string, { app_name: string; client_id: string }>();
+
+const DIGIT_0 = 48;
+const PLUS = 43;
+const MINUS = 45;
+
+/** A `0` field (from `at` to `end`) made again from `key`, or a JSON object; undefined if it is neither. */
+function namedField(text: string, at: number, end: number, key: string | undefined): object | undefined {
+  if (end === at + 1 && text.charCodeAt(at) === DIGIT_0) return key !== undefined && key.includes('\u0000') ? namedBy(key) : undefined;
+  return parseObject(text.slice(at, end));
 }
 
-/** A `0` made again from `key`, or a JSON object; undefined if it is neither. */
-function namedField(field: string, key: string | undefined): object | undefined {
-  if (field === '0') return key !== undefined && key.includes('\u0000') ? namedBy(key) : undefined;
-  return parseObject(field);
+/** `-` absent, `+value` present; null if the field (from `at` to `end`) is neither. */
+function optionalField(text: string, at: number, end: number): string | undefined | null {
+  const sign = text.charCodeAt(at);
+  if (sign === MINUS && end === at + 1) return undefined;
+  return sign === PLUS ? text.slice(at + 1, end) : null;
 }
 
-/** `-` absent, `+value` present; null if the field is neither. */
-function optionalField(field: string): string | undefined | null {
-  if (field === '-') return undefined;
-  return field.startsWith('+') ? field.slice(1) : null;
+/** The end of the tab-separated field starting at `at`, which must end before `end` with a tab (or at `end` when `last`); -1 if it does not. */
+function fieldEnd(text: string, at: number, end: number, last: boolean): number {
+  const tab = text.indexOf('\t', at);
+  if (last) return tab < 0 || tab >= end ? end : -1;
+  return tab < 0 || tab >= end ? -1 : tab;
 }
 
-/** An `e` or `a` line's fields back as the message (its head comes on the next line), or undefined if it is not one. */
-function eventFromLine(kind: 'event' | 'all', text: string): NodeMessage | undefined {
-  const fields = text.split('\t');
-  if (fields.length !== (kind === 'event' ? 7 : 5)) return undefined;
-  const at = kind === 'event' ? 2 : 0;
-  const sk = optionalField(fields[at + 3]!);
-  const n = optionalField(fields[at + 4]!);
+/**
+ * The `e` or `a` line of `text` from `start` (after its kind) to `end` back
+ * as the message (its head comes on the next line), or undefined if it is
+ * not one. Fields are read in place: a line makes only the strings its
+ * message keeps.
+ */
+function eventFromLine(kind: 'event' | 'all', text: string, start: number, end: number): NodeMessage | undefined {
+  const bounds = fieldBounds;
+  let at = start;
+  const count = kind === 'event' ? 7 : 5;
+  for (let i = 0; i < count; i++) {
+    const fieldStop = fieldEnd(text, at, end, i === count - 1);
+    if (fieldStop < 0) return undefined;
+    bounds[2 * i] = at;
+    bounds[2 * i + 1] = fieldStop;
+    at = fieldStop + 1;
+  }
+  const first = kind === 'event' ? 4 : 0;
+  const sk = optionalField(text, bounds[first + 6]!, bounds[first + 7]!);
+  const n = optionalField(text, bounds[first + 8]!, bounds[first + 9]!);
   if (sk === null || n === null) return undefined;
-  const session = kind === 'event' ? fields[0]! : undefined;
-  const from = namedField(fields[at + 1]!, sk);
-  const to = namedField(fields[at + 2]!, session);
+  const session = kind === 'event' ? text.slice(bounds[0], bounds[1]) : undefined;
+  const from = namedField(text, bounds[first + 2]!, bounds[first + 3]!, sk);
+  const to = namedField(text, bounds[first + 4]!, bounds[first + 5]!, session);
   if (!from || !to) return undefined;
-  const record: RoutedRecord = { e: fields[at]!, from: from as Sender, to: to as Target };
+  const record: RoutedRecord = { e: text.slice(bounds[first], bounds[first + 1]), from: from as Sender, to: to as Target };
   if (sk !== undefined) record.sk = sk;
   if (n !== undefined) record.n = n;
   if (kind === 'all') return { t: 'all', msg: record };
-  const hops = Number(fields[1]);
-  if (!/^\d+$/.test(fields[1]!) || !Number.isSafeInteger(hops)) return undefined;
+  const hops = digits(text, bounds[2]!, bounds[3]!);
+  if (hops < 0) return undefined;
   return { t: 'event', to: session!, msg: record, hops };
+}
+
+/** Where each field of the line being read starts and ends (reused: a line is read at once). */
+const fieldBounds = new Int32Array(14);
+
+/** The decimal number from `at` to `end`; -1 if it is not one (or is past the safe integers). */
+function digits(text: string, at: number, end: number): number {
+  if (end === at || end - at > 15) return -1;
+  let value = 0;
+  for (let i = at; i < end; i++) {
+    const digit = text.charCodeAt(i) - DIGIT_0;
+    if (digit < 0 || digit > 9) return -1;
+    value = value * 10 + digit;
+  }
+  return value;
 }
 
 /** One stream entry: the sending node, and its messages in order as messageLines made them, joined by line breaks: one field for all (one RESP string to write and read). */
@@ -440,7 +492,7 @@ function parseLines(text: string): NodeMessage[] | undefined {
       headless = undefined;
     } else if (headless !== undefined) return undefined;
     else if (kind === 101 /* e */ || kind === 97 /* a */) {
-      const msg = eventFromLine(kind === 101 ? 'event' : 'all', text.slice(start + 1, end));
+      const msg = eventFromLine(kind === 101 ? 'event' : 'all', text, start + 1, end);
       if (msg === undefined) return undefined;
       msgs.push(msg);
       headless = (msg as { msg: RoutedRecord }).msg;
