@@ -6,7 +6,8 @@ import { describe, expect, it } from 'vitest';
 import type { NodeMessage } from '../../src/core/cluster-messages.ts';
 import { relayedRecord, routedFrom } from '../../src/core/persist.ts';
 import { DEFAULT_LIMITS } from '../../src/core/index.ts';
-import { messageLines, parseEntries, xaddCommand } from '../../src/host/cluster/namespace.ts';
+import fc from 'fast-check';
+import { EntryLines, LineStarts, messageLines, parseEntries, xaddCommand } from '../../src/host/cluster/namespace.ts';
 
 const head = '{"op":8,"e":"HELLO \\"you\\"","d":{"text":"naïve — ✓ \\u0000 \\n","n":[1,2]},"from":{"app_name":"web","client_id":"w1"}';
 const event: NodeMessage = {
@@ -52,6 +53,34 @@ describe('cluster stream entries', () => {
   it('write a validated target, whose query, mode and key are undefined, as 0 too', () => {
     const validated = { ...between, msg: { ...between.msg, to: { app_name: 'api', client_id: 'a1', query: undefined, mode: undefined, key: undefined } } } as NodeMessage;
     expect(messageLines(validated).split('\n')[0]).toBe('eapi\u0000a1\t0\tE\t0\t0\t+web\u0000w1\t-');
+  });
+
+  it('build the same field message by message, reusing line starts, as messageLines does line by line', () => {
+    const withNonce = { ...between, msg: { ...between.msg, n: 'r-2' } } as NodeMessage;
+    const otherName = { ...between, msg: { ...between.msg, e: 'F', h: '{"op":8,"e":"F","d":3,"from":{"app_name":"web","client_id":"w1"}' } } as NodeMessage;
+    const otherSender = { ...between, msg: { ...between.msg, from: { app_name: 'web', client_id: 'w2' }, sk: 'web\u0000w2' } } as NodeMessage;
+    const liar = { ...between, msg: { ...between.msg, from: { app_name: 'web', client_id: 'w9' } } } as NodeMessage;
+    const hopped = { ...between, hops: 2 } as NodeMessage;
+    const tabbedNonce = { ...between, msg: { ...between.msg, n: 'a\tb' } } as NodeMessage;
+    const validated = { ...between, msg: { ...between.msg, to: { app_name: 'api', client_id: 'a1', query: undefined, mode: undefined, key: undefined } } } as NodeMessage;
+    const pool = [event, all, down, between, keyed, allFromSession, fromHttp, withNonce, otherName, otherSender, liar, hopped, tabbedNonce, validated];
+    const starts = new LineStarts();
+    fc.assert(
+      fc.property(fc.array(fc.constantFrom(...pool), { minLength: 1, maxLength: 30 }), (msgs) => {
+        const lines = new EntryLines(starts);
+        for (const msg of msgs) lines.add(msg);
+        expect(lines.count).toBe(msgs.length);
+        expect(lines.text()).toBe(msgs.map(messageLines).join('\n'));
+      }),
+    );
+  });
+
+  it('put a field a failed write held back ahead of what came since', () => {
+    const lines = new EntryLines(new LineStarts());
+    lines.add(down);
+    lines.prepend([between, all].map(messageLines).join('\n'), 2);
+    expect(lines.count).toBe(3);
+    expect(parseEntries([['1-0', xaddCommand('s', 'nerve-b', lines.text()).slice(6)]]).entries[0]!.msgs).toEqual([between, all, down]);
   });
 
   it('sends an event with a tab or line break in a name as JSON, and reads it back as it was', () => {

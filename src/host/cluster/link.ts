@@ -23,7 +23,8 @@ import {
   cursorsCommand,
   forgetCursorsCommand,
   loadNamespace,
-  messageLines,
+  EntryLines,
+  LineStarts,
   parseEntries,
   parseXread,
   readRange,
@@ -111,7 +112,8 @@ export class ClusterLink implements HubCluster {
   /** Adopted nodes no longer read, whose cursor fields the next write removes. */
   private forgottenInboxes = new Set<string>();
   /** Relays waiting for the next write, encoded, by destination stream. */
-  private outgoing = new Map<string, { lines: string[]; count: number }>();
+  private outgoing = new Map<string, EntryLines>();
+  private readonly lineStarts = new LineStarts();
   /** The id of this node's last entry on the bus: its inbox entries come after it. */
   private lastBusEntry: string | undefined;
   private claims: Claim[] = [];
@@ -220,18 +222,16 @@ export class ClusterLink implements HubCluster {
    * for the write is a few strings per event, not the objects that made them.
    */
   private queueRelay(relay: Relay): void {
-    let lines: string;
+    const stream = relay.to === undefined ? this.keys.bus : this.keys.inbox(relay.to);
+    const waiting = this.outgoing.get(stream);
+    const entry = waiting ?? new EntryLines(this.lineStarts);
     try {
-      lines = messageLines(relay.msg);
+      entry.add(relay.msg);
     } catch (error) {
       this.warn('cluster message cannot be sent: not JSON', { t: relay.msg.t, error: describeError(error) });
       return;
     }
-    const stream = relay.to === undefined ? this.keys.bus : this.keys.inbox(relay.to);
-    let entry = this.outgoing.get(stream);
-    if (!entry) this.outgoing.set(stream, (entry = { lines: [], count: 0 }));
-    entry.lines.push(lines);
-    entry.count++;
+    if (!waiting) this.outgoing.set(stream, entry);
   }
 
   stepped(): void {
@@ -562,7 +562,7 @@ export class ClusterLink implements HubCluster {
     const claims = this.claims;
     this.claims = [];
     // One entry per destination: relays of this turn after any an earlier write failed to append.
-    const entries = [...this.outgoing].map(([stream, entry]) => ({ stream, payload: entry.lines.join('\n'), count: entry.count }));
+    const entries = [...this.outgoing].map(([stream, entry]) => ({ stream, payload: entry.text(), count: entry.count }));
     this.outgoing = new Map();
 
     const stateCommands: string[][] = [];
@@ -619,8 +619,9 @@ export class ClusterLink implements HubCluster {
       }
       else {
         // Sent again ahead of what was relayed to the same node since, in one entry, so order holds.
-        const later = this.outgoing.get(entry.stream);
-        this.outgoing.set(entry.stream, later ? { lines: [entry.payload, ...later.lines], count: entry.count + later.count } : { lines: [entry.payload], count: entry.count });
+        let later = this.outgoing.get(entry.stream);
+        if (!later) this.outgoing.set(entry.stream, (later = new EntryLines(this.lineStarts)));
+        later.prepend(entry.payload, entry.count);
         failure ??= describeError(result.reason);
       }
     });

@@ -323,6 +323,108 @@ export function messageLines(msg: NodeMessage): string {
   return `e${msg.to}\t${msg.hops}\t${r.e}\t${from}\t${to}\t${tail}`;
 }
 
+/**
+ * An entry's `msgs` field built message by message: parts whose join is the
+ * lines messageLines makes, one message after another. The start of an event
+ * line (up to its nonce) depends only on the target session, the sender
+ * session and the event name, which the same few pairs repeat, so it is made
+ * and checked once and then reused: an event costs a few lookups and its
+ * head, not a line built and scanned anew.
+ */
+export class EntryLines {
+  /** The parts of the field so far: `join('')` is its text. */
+  parts: string[] = [];
+  count = 0;
+
+  constructor(private readonly starts: LineStarts) {}
+
+  /** Appends `msg`; throws, adding nothing, if it cannot be encoded (see messageLines). */
+  add(msg: NodeMessage): void {
+    const parts = this.parts;
+    if (msg.t === 'event' && msg.hops === 0) {
+      const r = msg.msg;
+      const start = r.h !== undefined && (r.n === undefined || !hasBreak(r.n)) ? this.starts.of(msg.to, r) : undefined;
+      if (start !== undefined) {
+        if (this.count++ > 0) parts.push('\n');
+        if (r.n === undefined) parts.push(start, '-\nh', r.h!);
+        else parts.push(start, '+', r.n, '\nh', r.h!);
+        return;
+      }
+    }
+    const line = messageLines(msg);
+    if (this.count++ > 0) parts.push('\n');
+    parts.push(line);
+  }
+
+  /** Puts `text`, a field made earlier (a write that failed), ahead of what this one holds. */
+  prepend(text: string, count: number): void {
+    this.parts.unshift(text, ...(this.count > 0 ? ['\n'] : []));
+    this.count += count;
+  }
+
+  text(): string {
+    return this.parts.join('');
+  }
+}
+
+/** The start of an event line, and what it was made for. */
+interface LineStart {
+  e: string;
+  from: Sender;
+  app: string;
+  client: string;
+  text: string;
+}
+
+/**
+ * The line starts EntryLines reuses, by target session and sender session,
+ * for events of one node to sessions by client_id, with no hops yet: only an
+ * event messageLines writes with sender and target as `0`. The cache starts
+ * over when it grows large.
+ */
+export class LineStarts {
+  private readonly byTarget = new Map<string, Map<string, LineStart>>();
+  private size = 0;
+
+  /** The start of `to`'s line for `r` (up to its nonce), or undefined when it is not one that can be reused. */
+  of(to: string, r: RoutedRecord): string | undefined {
+    const sk = r.sk;
+    if (sk === undefined) return undefined;
+    let bySender = this.byTarget.get(to);
+    let start = bySender?.get(sk);
+    if (start === undefined || start.e !== r.e || start.from !== r.from) {
+      start = lineStart(to, sk, r);
+      if (start === undefined) return undefined;
+      if (this.size >= LINE_STARTS_SIZE) {
+        this.byTarget.clear();
+        this.size = 0;
+        bySender = undefined;
+      }
+      if (bySender === undefined) this.byTarget.set(to, (bySender = new Map()));
+      if (!bySender.has(sk)) this.size++;
+      bySender.set(sk, start);
+    }
+    // The target is the one object per event that is new each time: it must still be exactly the session.
+    const target = r.to;
+    return target.app_name === start.app && target.client_id === start.client && definedKeys(target) === 2 ? start.text : undefined;
+  }
+}
+
+const LINE_STARTS_SIZE = 4_096;
+
+function lineStart(to: string, sk: string, r: RoutedRecord): LineStart | undefined {
+  if (hasBreak(r.e) || hasBreak(sk) || hasBreak(to) || !isKeyOf(r.from, sk)) return undefined;
+  const split = to.indexOf('\u0000');
+  if (split < 0) return undefined;
+  return { e: r.e, from: r.from, app: to.slice(0, split), client: to.slice(split + 1), text: `e${to}\t0\t${r.e}\t0\t0\t+${sk}\t` };
+}
+
+function definedKeys(named: object): number {
+  let keys = 0;
+  for (const name in named) if ((named as Record<string, unknown>)[name] !== undefined) keys++;
+  return keys;
+}
+
 function hasBreak(text: string): boolean {
   return text.includes('\t') || text.includes('\n');
 }
@@ -345,9 +447,7 @@ function isKeyOf(named: { app_name: string; client_id?: string | undefined }, ke
   ) {
     return false;
   }
-  let keys = 0;
-  for (const name in named) if ((named as Record<string, unknown>)[name] !== undefined) keys++;
-  return keys === 2;
+  return definedKeys(named) === 2;
 }
 
 /**
