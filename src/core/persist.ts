@@ -167,17 +167,22 @@ export function relayedRecord(msg: Routed): RoutedRecord {
 }
 
 /**
- * An event as stored or relayed, routable again. Every head the core holds
- * is free of raw line breaks, which lets a cluster entry carry heads as lines
- * unchecked: JSON.stringify writes none, and a head read back that has one
- * (only JSON whitespace could be one) has it made a space.
+ * JSON text read back (a frame head or a replay text) with any raw line
+ * break made a space. Only JSON whitespace can be one, so the meaning stays;
+ * JSON.stringify writes none, so text the core made is returned as it is.
+ * Every head and replay text the core holds is free of them, which lets a
+ * cluster entry or a replay chunk carry them as lines without looking.
  */
+function withoutLineBreaks(json: string): string {
+  return json.includes('\n') ? json.replaceAll('\n', ' ') : json;
+}
+
+/** An event as stored or relayed, routable again (its head without raw line breaks). */
 export function routedFrom(record: RoutedRecord, config: CoreConfig): Routed {
   // The query compiled when the event was accepted, so it compiles again.
   const test = record.to.query === undefined ? undefined : compileQuery(record.to.query, config);
   if (record.h !== undefined) {
-    const head = record.h.includes('\n') ? record.h.replaceAll('\n', ' ') : record.h;
-    return routedFromHead(record.e, head, { from: record.from, key: record.sk }, record.n, record.to, test);
+    return routedFromHead(record.e, withoutLineBreaks(record.h), { from: record.from, key: record.sk }, record.n, record.to, test);
   }
   const sender = { from: record.from, fromJson: JSON.stringify(record.from), key: record.sk };
   const msg = createRouted(record.e, record.d, sender, record.n, record.to, test);
@@ -240,7 +245,7 @@ export function sessionFromRecord(state: State, record: SessionRecord, all: Repl
   const rows = from === 0 ? all : all.slice(from);
   if (rows.length > 0) session.replayFirst = rows[0]!.s;
   for (const row of rows) {
-    const entry = row.text ?? routedFrom(row.msg!, config);
+    const entry = row.text !== undefined ? withoutLineBreaks(row.text) : routedFrom(row.msg!, config);
     session.replay.push(entry);
     session.replayBytes += entryBytes(entry);
     state.memory.replay += entryBytes(entry);

@@ -4,10 +4,10 @@
 
 import { describe, expect, it } from 'vitest';
 import type { NodeMessage } from '../../src/core/cluster-messages.ts';
-import { relayedRecord, routedFrom } from '../../src/core/persist.ts';
-import { DEFAULT_LIMITS } from '../../src/core/index.ts';
+import { relayedRecord, replayRecords, routedFrom, sessionFromRecord, type Changeset } from '../../src/core/persist.ts';
+import { createState, DEFAULT_LIMITS } from '../../src/core/index.ts';
 import fc from 'fast-check';
-import { EntryLines, LineStarts, messageLines, parseEntries, xaddCommand } from '../../src/host/cluster/namespace.ts';
+import { EntryLines, LineStarts, messageLines, parseEntries, ReplayChunks, xaddCommand } from '../../src/host/cluster/namespace.ts';
 
 const head = '{"op":8,"e":"HELLO \\"you\\"","d":{"text":"naïve — ✓ \\u0000 \\n","n":[1,2]},"from":{"app_name":"web","client_id":"w1"}';
 const event: NodeMessage = {
@@ -48,6 +48,17 @@ describe('cluster stream entries', () => {
     expect(lines[2]).toContain('{"app_name":"api","client_id":"a1","key":"k"}');
     expect(lines[4]).toBe('aTICK\t0\t{"app_name":"api","mode":"all"}\t+web\u0000w1\t-');
     expect(parseEntries([['1-0', fields]]).entries[0]!.msgs).toEqual([between, keyed, allFromSession]);
+  });
+
+  it('store a replay text read back with a raw line break (JSON whitespace) as one line of its chunk', () => {
+    const state = createState({ ...DEFAULT_LIMITS, worker: 'nerve-a', password: 'pw', cluster: true });
+    const record = { ord: 1, app: 'api', id: 'a1', md: {}, conn: null, at: 0, seq: 2, exp: 60_000, wr: 2 };
+    const texts = ['{"op":8,\n"e":"X","d":1,"from":{"app_name":"web"},"s":1}', '{"op":8,"e":"Y","d":2,"from":{"app_name":"web"},"s":2}'];
+    const session = sessionFromRecord(state, record, texts.map((text, i) => ({ ord: 1, s: i + 1, text })), 1);
+    const empty: Changeset = { dropSessions: [], droppedReplay: [], sessions: [], trimReplay: [], replay: [], dropApps: [], apps: [], dropHeld: [], held: [] };
+    const puts: string[] = [];
+    new ReplayChunks().plan({ ...empty, replay: replayRecords(session) }, [], puts);
+    expect(puts).toEqual(['1:1-2', `1 t${texts[0]!.replace('\n', ' ')}\n2 t${texts[1]}`]);
   });
 
   it('write a validated target, whose query, mode and key are undefined, as 0 too', () => {

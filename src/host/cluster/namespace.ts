@@ -36,8 +36,10 @@ const META_RECORD = 'record';
 /**
  * Where a namespace's replay rows are. Each write stores the new rows of a
  * session as one field of the replay hash, `ord:first-last`, one line per
- * row (`s`, a space, the row): a delivery is a line, not a field and a value
- * of its own to send, store and delete. A trim deletes the chunks wholly
+ * row: `s`, a space, then the event — the very text written to the client
+ * (`t` + text, no JSON escaping) or, while it is still owed, the whole event
+ * (`m` + JSON). A delivery is a line, not a field and a value of its own to
+ * send, store and delete. A trim deletes the chunks wholly
  * below it and sets `ord:below`, which hides the rows of the chunk it falls
  * inside until that chunk goes too; dropping a session's buffer deletes all
  * its chunks. What this index knows is only what to delete: load reads rows
@@ -71,17 +73,16 @@ export class ReplayChunks {
     for (let i = 0; i < rows.length; ) {
       const ord = rows[i]!.ord;
       let end = i;
-      const lines: string[] = [];
-      // A row with a line break (never written by JSON.stringify, so never in practice) is a chunk of its own.
-      while (end < rows.length && rows[end]!.ord === ord) {
-        const line = `${rows[end]!.s} ${replayValue(rows[end]!)}`;
-        if (line.includes('\n') && lines.length > 0) break;
-        lines.push(line);
-        end++;
-        if (line.includes('\n')) break;
+      // One join per chunk; no row needs looking at, as none has a raw line
+      // break: JSON.stringify writes none, nor do the core's texts (routedFrom).
+      const parts: string[] = [];
+      for (; end < rows.length && rows[end]!.ord === ord; end++) {
+        const row = rows[end]!;
+        if (end > i) parts.push('\n');
+        parts.push(String(row.s), row.text !== undefined ? ' t' : ' m', row.text ?? JSON.stringify(row.msg));
       }
       const field = `${ord}:${rows[i]!.s}-${rows[end - 1]!.s}`;
-      puts.push(field, lines.join('\n'));
+      puts.push(field, parts.join(''));
       let chunks = this.byOrd.get(ord);
       if (!chunks) this.byOrd.set(ord, (chunks = []));
       chunks.push({ last: rows[end - 1]!.s, field });
@@ -159,16 +160,6 @@ const isString = (value: unknown): value is string => typeof value === 'string';
 function sessionOf(value: Record<string, unknown>): SessionRecord | undefined {
   const ok = isNumber(value.ord) && isString(value.app) && isString(value.id) && isNumber(value.seq) && isNumber(value.exp) && typeof value.md === 'object' && value.md !== null;
   return ok ? (value as unknown as SessionRecord) : undefined;
-}
-
-/**
- * A buffered event as stored: its field names its session and `s`, so the
- * value is only the event — the very text written to the client, kept as it
- * is (`t` + text: one row per delivery, the hot path, no JSON escaping), or
- * the whole event still owed (`m` + JSON).
- */
-function replayValue(record: ReplayRecord): string {
-  return record.text !== undefined ? `t${record.text}` : `m${JSON.stringify(record.msg)}`;
 }
 
 /** The rows of one chunk (see ReplayChunks); undefined if any line is not one. */
