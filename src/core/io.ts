@@ -47,9 +47,11 @@ export type Input =
    * The host wrote the frames queued before this flush (a batching host
    * sends one per flush, before that flush's `backlog` reports, which say
    * what still waits). Until a host first sends it, frames count as handed
-   * over as the step returns.
+   * over as the step returns. `behind`: connections whose frames did not all
+   * leave with this flush (some still wait in the host, or the transport
+   * refused some); their backlog reports follow and say from where.
    */
-  | { type: 'flushed'; now: number }
+  | { type: 'flushed'; now: number; behind?: readonly ConnId[] | undefined }
   /**
    * A ping frame the transport answered by itself, where the runtime
    * reports one: it counts against the rate limit like any frame.

@@ -120,7 +120,7 @@ export function step(state: State, input: Input): [State, Output[]] {
       else backlog(state, out, input.conn, input.bytes, input.unflushedFrom, input.queuedFrom ?? input.unflushedFrom, input.now);
       break;
     case 'flushed':
-      flushed(state, out);
+      flushed(state, out, input.behind);
       break;
     case 'ping': {
       const conn = state.conns.get(input.conn);
@@ -213,12 +213,12 @@ export function reject(state: State, out: Output[], conn: Conn, code: CloseCode,
 }
 
 /** The host wrote everything queued; sessions whose held events waited for room get the next batch. */
-function flushed(state: State, out: Output[]): void {
+function flushed(state: State, out: Output[], behind: readonly ConnId[] | undefined): void {
   state.flushes++;
   if (state.overBound.size > 0) {
     for (const session of [...state.overBound]) {
-      // A connection that was behind is trimmed when its backlog report follows.
-      if (session.conn !== null && session.conn.backlog > 0) continue;
+      // A connection that was or is behind is trimmed when its backlog report follows.
+      if (session.conn !== null && (session.conn.backlog > 0 || behind?.includes(session.conn.id))) continue;
       state.overBound.delete(session);
       if (state.sessions.get(session.key) === session) trimReplay(state, out, session);
     }

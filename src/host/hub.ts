@@ -176,6 +176,22 @@ type CloseCodeNumber = Extract<Output, { type: 'close' }>['code'];
 
 /** WebSocket header bytes in front of a payload (RFC 6455 §5.2; server frames are unmasked). */
 /** A frame's size as a transport counts it: payload and frame header. */
+/**
+ * The first `s` among the frames a transport refused (see HubSocket.sending):
+ * the last `buffered() - sending()` bytes of what it was handed. Infinity when
+ * it refused none.
+ */
+function refusedFrom(peer: Peer, inTransport: number): number {
+  if (peer.socket.sending === undefined || inTransport === 0) return Infinity;
+  let refused = inTransport - peer.socket.sending();
+  let from = Infinity;
+  for (let i = peer.held.length - 1; i >= 0 && refused > 0; i--) {
+    refused -= peer.held[i]!.size;
+    if (peer.held[i]!.s > 0) from = peer.held[i]!.s;
+  }
+  return from;
+}
+
 export function wireSize(frame: string | Uint8Array): number {
   const length = typeof frame === 'string' ? utf8Length(frame) : frame.byteLength;
   return length + (length < 126 ? 2 : length < 65536 ? 4 : 10);
@@ -617,8 +633,12 @@ export class Hub {
       for (let round = 0; round < MAX_FLUSH_ROUNDS; round++) {
         const peers = this.toFlush.splice(0);
         if (peers.length === 0 && this.behind.size === 0) break;
-        for (const peer of peers) this.write(peer);
-        if (peers.length > 0) this.run({ type: 'flushed', now: this.now() });
+        let behind: ConnId[] | undefined;
+        for (const peer of peers) {
+          this.write(peer);
+          if (this.leftBehind(peer)) (behind ??= []).push(peer.conn);
+        }
+        if (peers.length > 0) this.run(behind === undefined ? { type: 'flushed', now: this.now() } : { type: 'flushed', now: this.now(), behind });
         const reports: Peer[] = [];
         for (const peer of peers) if (this.observe(peer)) reports.push(peer);
         for (const peer of this.behind) if (!peer.observed && this.observe(peer)) reports.push(peer);
@@ -650,18 +670,23 @@ export class Hub {
     peer.queued = false;
     if (peer.frames.length === 0 || peer.closed) return;
     // Frames behind a gate wait for the cluster write; they still count as waiting here.
-    const ready = force ? peer.frames.length : this.writable(peer);
+    let ready = force ? peer.frames.length : this.writable(peer);
     if (ready === 0) return;
     if (!force && peer.socket.buffered() > 0) {
       this.behind.add(peer);
       return;
     }
+    if (!force) ready = this.batchOf(peer, ready);
     const whole = ready === peer.frames.length;
     const frames = whole ? peer.frames : peer.frames.slice(0, ready);
     const seqs = whole ? peer.seqs : peer.seqs.slice(0, ready);
+    // A forced write can find the transport still holding an earlier batch:
+    // what it holds stays on record, else frames it refused would be forgotten.
+    if (!force || peer.socket.buffered() === 0) {
+      peer.held = [];
+      peer.heldBytes = 0;
+    }
     this.guard(peer, 'send', () => peer.socket.send(frames));
-    peer.held = [];
-    peer.heldBytes = 0;
     const sizes = peer.sizes;
     if (peer.socket.buffered() > 0) {
       for (let i = 0; i < frames.length; i++) {
@@ -682,6 +707,37 @@ export class Hub {
       peer.gates = [];
       this.gated.delete(peer);
     }
+  }
+
+  /** Whether frames written to this peer in this flush did not all leave: some wait here (a batch's cap), or its transport refused some. */
+  private leftBehind(peer: Peer): boolean {
+    if (peer.closed) return false;
+    if (this.writable(peer) > 0) return true;
+    return peer.socket.sending !== undefined && peer.socket.buffered() > peer.socket.sending();
+  }
+
+  /**
+   * How many of the first `ready` frames make one batch: at most
+   * NERVE_MAX_OUTBOUND bytes (and at least one frame), so a burst waits here
+   * for the transport to drain rather than filling it past what it takes
+   * (Bun refuses sends past its backpressure limit, twice that and a frame).
+   */
+  private batchOf(peer: Peer, ready: number): number {
+    const limit = this.config.maxOutbound;
+    const frames = peer.frames;
+    // UTF-8 takes at most 3 bytes per UTF-16 unit: most batches are shown small enough without measuring.
+    let bound = 0;
+    for (let i = 0; i < ready && bound <= limit; i++) {
+      const frame = frames[i]!;
+      bound += typeof frame === 'string' ? 3 * frame.length : frame.byteLength;
+    }
+    if (bound <= limit) return ready;
+    let bytes = 0;
+    for (let i = 0; i < ready; i++) {
+      bytes += i < peer.sizes.length ? peer.sizes[i]! : wireSize(frames[i]!);
+      if (bytes > limit) return Math.max(1, i);
+    }
+    return ready;
   }
 
   /**
@@ -717,12 +773,12 @@ export class Hub {
       peer.sizedBytes += size;
     }
     const waiting = peer.sizedBytes;
-    let queuedFrom = Infinity;
-    for (let i = 0; i < peer.seqs.length; i++) {
-      if (peer.seqs[i]! > 0) {
-        queuedFrom = peer.seqs[i]!;
-        break;
-      }
+    // Frames the transport refused (the tail of what it holds) never go out:
+    // like those waiting here, they count as queued, so the core never drops
+    // them from a replay buffer as written.
+    let queuedFrom = refusedFrom(peer, inTransport);
+    for (let i = 0; queuedFrom === Infinity && i < peer.seqs.length; i++) {
+      if (peer.seqs[i]! > 0) queuedFrom = peer.seqs[i]!;
     }
     let from = queuedFrom;
     for (const pending of peer.held) {
