@@ -210,14 +210,26 @@ export function sessionRecord(session: Session): SessionRecord {
   return record;
 }
 
-/** A session's buffered events from `s` = `from` on, as storage rows. */
+/**
+ * The record of an event kept whole, made once however many buffers share it
+ * (a fan-out): a host that encodes rows can then encode it once per write.
+ */
+const sharedRecords = new WeakMap<Routed, RoutedRecord>();
+
+function sharedRecord(msg: Routed): RoutedRecord {
+  let record = sharedRecords.get(msg);
+  if (record === undefined) sharedRecords.set(msg, (record = relayedRecord(msg)));
+  return record;
+}
+
+/** A session's buffered events from `s` = `from` on, as storage rows (rows of one event kept whole share its record). */
 export function replayRecords(session: Session, from = session.replayFirst): ReplayRecord[] {
   const rows: ReplayRecord[] = [];
   const first = session.replayFirst;
   for (let s = Math.max(from, first); s < first + session.replay.length; s++) {
     const entry = session.replay.at(s - first);
     // An event kept whole (owed, or a fan-out shared by many buffers) is stored by its frame head: nothing to decode and encode again per row.
-    rows.push(typeof entry === 'string' ? { ord: session.ordinal, s, text: entry } : { ord: session.ordinal, s, msg: relayedRecord(entry) });
+    rows.push(typeof entry === 'string' ? { ord: session.ordinal, s, text: entry } : { ord: session.ordinal, s, msg: sharedRecord(entry) });
   }
   return rows;
 }

@@ -7,6 +7,7 @@ import type { NodeMessage } from '../../src/core/cluster-messages.ts';
 import { relayedRecord, replayRecords, routedFrom, sessionFromRecord, type Changeset } from '../../src/core/persist.ts';
 import { createState, DEFAULT_LIMITS } from '../../src/core/index.ts';
 import fc from 'fast-check';
+import { Client, Cluster } from '../core/cluster-harness.ts';
 import { EntryLines, LineStarts, messageLines, parseEntries, ReplayChunks, xaddCommand } from '../../src/host/cluster/namespace.ts';
 
 const head = '{"op":8,"e":"HELLO \\"you\\"","d":{"text":"naïve — ✓ \\u0000 \\n","n":[1,2]},"from":{"app_name":"web","client_id":"w1"}';
@@ -59,6 +60,27 @@ describe('cluster stream entries', () => {
     const puts: string[] = [];
     new ReplayChunks().plan({ ...empty, replay: replayRecords(session) }, [], puts);
     expect(puts).toEqual(['1:1-2', `1 t${texts[0]!.replace('\n', ' ')}\n2 t${texts[1]}`]);
+  });
+
+  it("store a fan-out event's rows in every buffer from one record, written the same in each", () => {
+    const cluster = new Cluster(['A', 'B']);
+    cluster.settle();
+    const readers = ['r1', 'r2', 'r3'].map((id) => new Client(cluster, 'fan', id));
+    for (const reader of readers) reader.connect('B');
+    const sender = new Client(cluster, 'src', 's1');
+    sender.connect('A');
+    cluster.settle();
+    sender.dispatch('TICK', { n: 1 }, { app_name: 'fan', mode: 'all' });
+    cluster.settle();
+    const sessions = [...cluster.nodes.get('B')!.state.sessions.values()].filter((session) => session.app.name === 'fan');
+    const rows = sessions.flatMap((session) => replayRecords(session));
+    expect(rows).toHaveLength(3);
+    expect(new Set(rows.map((row) => row.msg)).size, 'one record for the three buffers').toBe(1);
+    const empty: Changeset = { dropSessions: [], droppedReplay: [], sessions: [], trimReplay: [], replay: [], dropApps: [], apps: [], dropHeld: [], held: [] };
+    const puts: string[] = [];
+    new ReplayChunks().plan({ ...empty, replay: rows }, [], puts);
+    const values = puts.filter((_, i) => i % 2 === 1);
+    expect(values).toEqual(rows.map((row) => `${row.s} m${JSON.stringify(row.msg)}`));
   });
 
   it('write a validated target, whose query, mode and key are undefined, as 0 too', () => {

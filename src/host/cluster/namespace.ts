@@ -70,6 +70,8 @@ export class ReplayChunks {
       puts.push(belowField(trim.ord), String(trim.below));
     }
     const rows = changes.replay;
+    // A fan-out's rows share one record: it is encoded once per write, not once per buffer.
+    const encoded = new Map<RoutedRecord, string>();
     for (let i = 0; i < rows.length; ) {
       const ord = rows[i]!.ord;
       let end = i;
@@ -79,7 +81,12 @@ export class ReplayChunks {
       for (; end < rows.length && rows[end]!.ord === ord; end++) {
         const row = rows[end]!;
         if (end > i) parts.push('\n');
-        parts.push(String(row.s), row.text !== undefined ? ' t' : ' m', row.text ?? JSON.stringify(row.msg));
+        if (row.text !== undefined) parts.push(String(row.s), ' t', row.text);
+        else {
+          let json = encoded.get(row.msg!);
+          if (json === undefined) encoded.set(row.msg!, (json = JSON.stringify(row.msg)));
+          parts.push(String(row.s), ' m', json);
+        }
       }
       const field = `${ord}:${rows[i]!.s}-${rows[end - 1]!.s}`;
       puts.push(field, parts.join(''));
