@@ -174,8 +174,12 @@ class Peer {
 
 type CloseCodeNumber = Extract<Output, { type: 'close' }>['code'];
 
-/** WebSocket header bytes in front of a payload (RFC 6455 §5.2; server frames are unmasked). */
-/** A frame's size as a transport counts it: payload and frame header. */
+/** A frame's size as a transport counts it: payload and WebSocket frame header (RFC 6455 §5.2; server frames are unmasked). */
+export function wireSize(frame: string | Uint8Array): number {
+  const length = typeof frame === 'string' ? utf8Length(frame) : frame.byteLength;
+  return length + (length < 126 ? 2 : length < 65536 ? 4 : 10);
+}
+
 /**
  * The first `s` among the frames a transport refused (see HubSocket.sending):
  * the last `buffered() - sending()` bytes of what it was handed. Infinity when
@@ -190,11 +194,6 @@ function refusedFrom(peer: Peer, inTransport: number): number {
     if (peer.held[i]!.s > 0) from = peer.held[i]!.s;
   }
   return from;
-}
-
-export function wireSize(frame: string | Uint8Array): number {
-  const length = typeof frame === 'string' ? utf8Length(frame) : frame.byteLength;
-  return length + (length < 126 ? 2 : length < 65536 ? 4 : 10);
 }
 
 export class Hub {
