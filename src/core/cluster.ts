@@ -393,7 +393,7 @@ function handoff(state: State, out: Output[], from: string, msg: Extract<NodeMes
   if (msg.refused !== undefined) {
     cluster.claiming.delete(key);
     pending.conn.claimKey = undefined;
-      const d = pending.identify;
+    const d = pending.identify;
     if (isWaiting(state, pending.conn)) reject(state, out, pending.conn, Close.CONFLICT, `IDENTIFY: ${d.app_name}/${d.client_id} is already connected`, now);
     return;
   }

@@ -140,8 +140,9 @@ class Peer {
   seqs: number[] = [];
   /**
    * The wire sizes of the first frames waiting here, and their sum: measured
-   * when the hub first looks at what waits, then kept as frames leave, so
-   * frames waiting through many flushes (behind a cluster gate) are measured once.
+   * when the hub first looks at what waits (or caps a batch), then kept as
+   * frames leave, so frames waiting through many flushes (behind a cluster
+   * gate, or a burst sent a batch at a time) are measured once.
    */
   sizes: number[] = [];
   sizedBytes = 0;
@@ -733,7 +734,13 @@ export class Hub {
     if (bound <= limit) return ready;
     let bytes = 0;
     for (let i = 0; i < ready; i++) {
-      bytes += i < peer.sizes.length ? peer.sizes[i]! : wireSize(frames[i]!);
+      // Measured once: what is not written now is not measured again (see Peer.sizes).
+      if (i === peer.sizes.length) {
+        const size = wireSize(frames[i]!);
+        peer.sizes.push(size);
+        peer.sizedBytes += size;
+      }
+      bytes += peer.sizes[i]!;
       if (bytes > limit) return Math.max(1, i);
     }
     return ready;

@@ -170,9 +170,9 @@ function sessionOf(value: Record<string, unknown>): SessionRecord | undefined {
 }
 
 /** The rows of one chunk (see ReplayChunks); undefined if any line is not one. */
-function chunkRows(ord: number, single: boolean, value: string): ReplayRecord[] | undefined {
+function chunkRows(ord: number, value: string): ReplayRecord[] | undefined {
   const rows: ReplayRecord[] = [];
-  for (const line of single ? [value] : value.split('\n')) {
+  for (const line of value.split('\n')) {
     const space = line.indexOf(' ');
     const s = Number(line.slice(0, space));
     const row = space > 0 && Number.isSafeInteger(s) ? replayRow(ord, s, line.slice(space + 1)) : undefined;
@@ -238,7 +238,7 @@ export async function loadNamespace(redis: RedisPort, keys: NodeKeys): Promise<L
     const ord = Number(match?.[1]);
     if (match?.[4] !== undefined && /^\d+$/.test(value)) below.set(ord, Number(value));
     else {
-      const chunk = match?.[2] !== undefined ? chunkRows(ord, match[2] === match[3], value) : undefined;
+      const chunk = match?.[2] !== undefined ? chunkRows(ord, value) : undefined;
       if (chunk) rows.push(...chunk);
       else skipped++;
     }
